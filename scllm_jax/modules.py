@@ -1,0 +1,98 @@
+"""Flax NNX modules: parameters and forward passes only (no losses, no AnnData)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .graph import propagate
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Rows of ``x`` scaled to unit length."""
+    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+class GCNEncoder(nnx.Module):
+    """Graph convolutional encoder ``H_{l+1} = act(A H_l W_l + b_l)``, linear last layer.
+
+    The first layer takes ``A X`` precomputed once (``A (X W) = (A X) W``): its
+    input never changes during training.
+    """
+
+    def __init__(self, in_dim: int, hidden_dims: tuple[int, ...], latent_dim: int, *, rngs: nnx.Rngs):
+        dims = (in_dim, *hidden_dims, latent_dim)
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+
+    def __call__(self, aggregated_input: jax.Array, edges: jax.Array, senders: jax.Array,
+                 receivers: jax.Array) -> jax.Array:
+        hidden = self.layers[0](aggregated_input)
+        for layer in self.layers[1:]:
+            hidden = jax.nn.elu(hidden)
+            # Aggregate after the projection: cheaper when the layer narrows.
+            hidden = propagate(edges, senders, receivers, hidden @ layer.kernel[...]) + layer.bias[...]
+        return hidden
+
+
+class MLP(nnx.Module):
+    """Dense layers with ELU between them, linear output."""
+
+    def __init__(self, dims: tuple[int, ...], *, rngs: nnx.Rngs):
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = jax.nn.elu(x)
+        return x
+
+
+class ScllmNetwork(nnx.Module):
+    """The whole network: structural encoder / decoder, two projectors, cluster centres.
+
+    Parameters
+    ----------
+    n_inputs
+        Width of the encoder input (principal components).
+    n_genes
+        Width of the reconstructed expression.
+    text_dim
+        Width of the cell text embedding ``Z_text``; ``None`` builds the
+        graph-only network (no projectors).
+    n_clusters
+        Number of Student-t centres.
+    hidden_dims, latent_dim, decoder_dims, projection_dim
+        Layer widths (see :class:`~scllm_jax.config.ScllmConfig`).
+    """
+
+    def __init__(self, n_inputs: int, n_genes: int, text_dim: int | None, n_clusters: int, *,
+                 hidden_dims: tuple[int, ...], latent_dim: int, decoder_dims: tuple[int, ...],
+                 projection_dim: int, rngs: nnx.Rngs):
+        self.encoder = GCNEncoder(n_inputs, hidden_dims, latent_dim, rngs=rngs)
+        self.decoder = MLP((latent_dim, *decoder_dims, n_genes), rngs=rngs)
+        self.has_text = text_dim is not None
+        if self.has_text:
+            width = 4 * projection_dim
+            self.text_projector = MLP((text_dim, width, projection_dim), rngs=rngs)
+            self.feature_projector = MLP((latent_dim, width, projection_dim), rngs=rngs)
+        cluster_dim = projection_dim if self.has_text else latent_dim
+        self.centres = nnx.Param(jnp.zeros((n_clusters, cluster_dim)))
+
+    def encode(self, aggregated_input, edges, senders, receivers) -> jax.Array:
+        """Structural latent ``Z_feat``."""
+        return self.encoder(aggregated_input, edges, senders, receivers)
+
+    def project(self, latent: jax.Array, text: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+        """L2-normalised projections ``(Zt_hat, Zf_hat)``; ``(None, None)`` for the graph-only network."""
+        if not self.has_text:
+            return None, None
+        return l2_normalize(self.text_projector(text)), l2_normalize(self.feature_projector(latent))
+
+    def cluster_space(self, latent: jax.Array, text: jax.Array | None) -> jax.Array:
+        """The embedding the clusters live in: ``(Zt_hat + Zf_hat) / 2``, or ``Z_feat`` graph-only."""
+        text_hat, feature_hat = self.project(latent, text)
+        if text_hat is None:
+            return latent
+        return 0.5 * (text_hat + feature_hat)

@@ -1,0 +1,105 @@
+"""Tools in scanpy's conventions: results are written into the AnnData."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .config import ScllmConfig
+from .model import ScllmModel
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("scllm-jax", "jax", "jaxlib", "flax", "optax", "jraph", "anndata", "scanpy", "numpy",
+                 "transformers", "torch"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str = "scllm",
+            config: ScllmConfig | None = None, copy: bool = False, progress: bool = True,
+            return_model: bool = False):
+    """Cluster cells with scLLM-DSC.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with raw counts in ``X``; gene symbols in ``var_names``
+        for the semantic view (``uns['species']`` read when present).
+    n_clusters
+        Number of clusters; ``None`` estimates it (Leiden on the pre-trained
+        embedding, resolution ``config.leiden_resolution``).
+    key_added
+        Name of the fields written.
+    config
+        Settings; defaults if ``None``.
+    copy
+        Work on and return a copy instead of writing into ``adata``.
+    progress
+        Show progress bars.
+    return_model
+        Also return the fitted :class:`~scllm_jax.model.ScllmModel`.
+
+    Returns
+    -------
+    None, AnnData, or a tuple with the model
+        With ``copy``, the annotated copy; with ``return_model``, the model too.
+
+    Notes
+    -----
+    Writes
+
+    - ``obs[key_added]``: cluster of each cell (categorical, ``"0"``, ``"1"``, ...).
+    - ``obsm[f"X_{key_added}"]``: the embedding the clusters live in.
+    - ``obsm[f"{key_added}_soft"]``: soft assignment ``q``.
+    - ``uns[key_added]``: ``params`` (config, seed, K, versions), ``loss_history``
+      (per phase, per term), ``timings`` (seconds per stage), ``semantic``
+      (knowledge-base match and paths used), ``n_epochs``.
+    """
+    if copy:
+        adata = adata.to_memory() if adata.isbacked else adata.copy()
+    model = ScllmModel(config or ScllmConfig()).fit(adata, n_clusters, progress=progress)
+    result = model.result
+    categories = [str(i) for i in range(model.n_clusters)]
+    adata.obs[key_added] = pd.Categorical(result.labels.astype(str), categories=categories)
+    adata.obsm[f"X_{key_added}"] = result.embedding.astype(np.float32)
+    adata.obsm[f"{key_added}_soft"] = result.assignment.astype(np.float32)
+    adata.uns[key_added] = {
+        "params": {"config": model.config.to_dict(), "n_clusters": model.n_clusters,
+                   "n_clusters_given": n_clusters is not None, "seed": model.config.seed,
+                   "versions": _versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        "loss_history": {phase: {term: np.asarray(values, dtype=np.float32) for term, values in terms.items()}
+                         for phase, terms in result.history.items()},
+        "timings": dict(model.timings),
+        "n_epochs": {"pretrain": result.pretrain_epochs, "cluster": result.cluster_epochs,
+                     "stopped_early": result.stopped_early},
+        "semantic": _plain(model.semantic_info),
+    }
+    outputs = []
+    if copy:
+        outputs.append(adata)
+    if return_model:
+        outputs.append(model)
+    if not outputs:
+        return None
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _plain(info: dict) -> dict:
+    """Values AnnData can write to ``.h5ad`` (no None, lists as arrays)."""
+    out = {}
+    for key, value in info.items():
+        if value is None:
+            continue
+        out[key] = np.asarray(value).astype(str) if isinstance(value, (list, tuple)) else value
+    return out
