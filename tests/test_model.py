@@ -1,0 +1,85 @@
+"""End-to-end: real data through tl.cluster, ScllmModel and the CLI."""
+
+import h5py
+import numpy as np
+import pytest
+
+import scllm_jax as sj
+from scllm_jax.config import ScllmConfig
+from scllm_jax.metrics import cluster_metrics
+
+from .conftest import shared_dataset
+
+GRAPH_ONLY = ScllmConfig.tiny(use_semantic=False)
+
+
+def test_cluster_writes_scanpy_style_fields(baron_small):
+    adata = baron_small.copy()
+    assert sj.tl.cluster(adata, 4, config=GRAPH_ONLY, progress=False) is None
+    assert adata.obs["scllm"].dtype == "category" and adata.obs["scllm"].nunique() <= 4
+    assert adata.obsm["X_scllm"].shape == (adata.n_obs, GRAPH_ONLY.latent_dim)
+    np.testing.assert_allclose(adata.obsm["scllm_soft"].sum(axis=1), 1.0, rtol=1e-4)
+    uns = adata.uns["scllm"]
+    assert uns["params"]["n_clusters"] == 4
+    assert len(uns["loss_history"]["pretrain"]["rec"]) == GRAPH_ONLY.pretrain_epochs
+    assert np.all(np.isfinite(uns["loss_history"]["cluster"]["total"]))
+    # Pre-training reduces the reconstruction error.
+    rec = uns["loss_history"]["pretrain"]["rec"]
+    assert rec[-1] < rec[0]
+
+
+def test_quality_floor_on_bundled_pancreas(baron_small):
+    adata = sj.tl.cluster(baron_small, 4, config=GRAPH_ONLY, copy=True, progress=False)
+    scores = cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])
+    assert scores["ARI"] > 0.8, scores
+
+
+def test_quality_floor_on_cellbench():
+    adata = shared_dataset("cellbench_5cl_p1")
+    sj.tl.cluster(adata, 5, config=ScllmConfig.tiny(use_semantic=False, n_top_genes=1000), progress=False)
+    assert cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"] > 0.9
+
+
+def test_full_method_with_language_model(baron_small, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCLLM_JAX_CACHE", str(tmp_path / "cache"))
+    config = ScllmConfig.tiny(n_top_genes=150, sentence_genes=20)
+    adata, model = sj.tl.cluster(baron_small, 4, config=config, copy=True, progress=False, return_model=True)
+    semantic = adata.uns["scllm"]["semantic"]
+    assert semantic["used"] and semantic["fraction_matched"] > 0.6
+    assert "align" in adata.uns["scllm"]["loss_history"]["pretrain"]
+    assert adata.obsm["X_scllm"].shape[1] == config.projection_dim
+    assert cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"] > 0.5
+    # Save, load and predict the training cells again: same clusters.
+    model.save(tmp_path / "model")
+    labels = sj.ScllmModel.load(tmp_path / "model").predict(baron_small)
+    np.testing.assert_array_equal(labels, model.labels_)
+
+
+def test_estimates_k_when_not_given(baron_small):
+    adata = sj.tl.cluster(baron_small, None, config=GRAPH_ONLY, copy=True, progress=False)
+    assert 2 <= adata.uns["scllm"]["params"]["n_clusters"] <= 12
+    assert adata.uns["scllm"]["params"]["n_clusters_given"] is False
+
+
+def test_cli_clusters_an_xy_h5_file(baron_small, tmp_path, capsys):
+    path = tmp_path / "pancreas.h5"
+    with h5py.File(path, "w") as handle:
+        handle["X"] = baron_small.X.toarray()
+        handle["Y"] = baron_small.obs["cell_type"].astype(str).to_numpy().astype("S")
+    config = tmp_path / "config.json"
+    config.write_text('{"pretrain_epochs": 20, "cluster_epochs": 20, "n_top_genes": 300, "n_pcs": 20}')
+    out = tmp_path / "out.h5ad"
+    code = sj.cli.main(["cluster", str(path), "--out", str(out), "--n-clusters", "4", "--label-key",
+                        "cell_type", "--config", str(config), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ARI=" in printed and "semantic view: off" in printed
+    result = sj.read(out)
+    assert result.obs["scllm"].nunique() <= 4
+
+
+@pytest.mark.parametrize("target", ["dec", "sinkhorn"])
+def test_both_targets_train(baron_small, target):
+    adata = sj.tl.cluster(baron_small, 4, config=ScllmConfig.tiny(use_semantic=False, target=target),
+                          copy=True, progress=False)
+    assert cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"] > 0.5
