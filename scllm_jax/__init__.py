@@ -4,11 +4,11 @@ Namespaces follow scanpy: :mod:`scllm_jax.tl` (clustering into an AnnData),
 :mod:`scllm_jax.pl` (plots); :class:`ScllmModel` for fit / predict / save / load.
 """
 
-from . import datasets, metrics, tl
+from . import cli, datasets, metrics, pl, tl
 from .config import ScllmConfig
 from .io import read
 from .model import ScllmModel
 from .validation import InputError
 
-__all__ = ["ScllmConfig", "ScllmModel", "InputError", "datasets", "metrics", "read", "tl"]
+__all__ = ["ScllmConfig", "ScllmModel", "InputError", "cli", "datasets", "metrics", "pl", "read", "tl"]
 __version__ = "0.1.0"

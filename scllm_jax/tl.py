@@ -64,7 +64,10 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
     - ``obsm[f"{key_added}_soft"]``: soft assignment ``q``.
     - ``uns[key_added]``: ``params`` (config, seed, K, versions), ``loss_history``
       (per phase, per term), ``timings`` (seconds per stage), ``semantic``
-      (knowledge-base match and paths used), ``n_epochs``.
+      (knowledge-base match and paths used), ``n_epochs``, ``cluster_knowledge``
+      (a table per cluster: size, marker genes, the genes whose knowledge lies
+      nearest the cluster's semantic centroid and their most frequent Gene
+      Ontology processes).
     """
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
@@ -84,6 +87,7 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
         "n_epochs": {"pretrain": result.pretrain_epochs, "cluster": result.cluster_epochs,
                      "stopped_early": result.stopped_early},
         "semantic": _plain(model.semantic_info),
+        "cluster_knowledge": model.cluster_knowledge(),
     }
     outputs = []
     if copy:
