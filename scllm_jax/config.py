@@ -92,6 +92,26 @@ class ScllmConfig:
         Resolution of the Leiden run that estimates K when it is not given.
     kmeans_n_init
         Restarts of the k-means that initialises the cluster centres.
+    kmeans_max_cells
+        Above this many cells the k-means initialisation is fitted on a random
+        subset of this size (the centres of an atlas need not see every cell).
+    minibatch_min_cells
+        From this many cells on, training is mini-batched
+        (:mod:`scllm_jax.minibatch`, memory O(N k + N d)); below, full batch.
+    minibatch_size
+        Cells per mini-batch (over all devices; rounded up to a multiple of
+        the device count). Also the InfoNCE batch in mini-batch mode.
+    minibatch_pretrain_epochs, minibatch_cluster_epochs
+        Epochs (passes over all cells, ``N / minibatch_size`` steps each) of
+        the two phases in mini-batch mode; they replace ``pretrain_epochs``
+        and ``cluster_epochs``, which count full-batch steps.
+    minibatch_update_interval
+        Epochs between refreshes of the target ``P`` in mini-batch mode.
+    checkpoint_dir
+        Folder for training checkpoints (orbax); ``None``: no checkpoints. A
+        run finding a checkpoint there resumes from it.
+    checkpoint_every
+        Optimiser steps between checkpoints.
     """
 
     seed: int = 0
@@ -140,15 +160,25 @@ class ScllmConfig:
     # number of clusters
     leiden_resolution: float = 1.0
     kmeans_n_init: int = 20
+    kmeans_max_cells: int = 100_000
+    # atlas scale
+    minibatch_min_cells: int = 50_000
+    minibatch_size: int = 1024
+    minibatch_pretrain_epochs: int = 20
+    minibatch_cluster_epochs: int = 20
+    minibatch_update_interval: int = 1
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("n_top_genes", "n_pcs", "n_neighbors", "latent_dim", "projection_dim",
                      "update_interval", "infonce_batch_size", "reconstruction_batch_size", "top_k_genes", "sentence_genes",
-                     "kmeans_n_init"):
+                     "kmeans_n_init", "kmeans_max_cells", "minibatch_min_cells", "minibatch_size",
+                     "minibatch_update_interval", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
-        for name in ("pretrain_epochs", "cluster_epochs"):
+        for name in ("pretrain_epochs", "cluster_epochs", "minibatch_pretrain_epochs", "minibatch_cluster_epochs"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         if not 0.0 <= self.fusion_weight <= 1.0:

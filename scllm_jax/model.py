@@ -15,6 +15,7 @@ import anndata as ad
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from flax import nnx
 
 from .assignment import student_t_assign
@@ -22,7 +23,7 @@ from .config import ScllmConfig
 from .graph import knn_graph
 from .n_clusters import estimate_n_clusters
 from .preprocess import PreparedData, Preprocessor
-from .train import FitResult, build_network, cluster, make_embed, pretrain, training_data
+from .train import FitResult, build_network, fit_network, make_embed, training_data, use_minibatch
 from .validation import InputError, check_n_clusters
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class ScllmModel:
         self._params = None
         self._text_dim: int | None = None
         self._gene_embeddings = None
+        self.prepared_: PreparedData | None = None
+        self.cell_text_: np.ndarray | None = None
 
     # ------------------------------------------------------------------ fitting
     def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, progress: bool = True) -> "ScllmModel":
@@ -82,16 +85,18 @@ class ScllmModel:
         self.preprocessor, prepared = Preprocessor.fit(adata, config)
         self.timings["preprocess"] = time.perf_counter() - start
         text = self._semantic_view(adata, prepared, progress=progress)
-        data, self.timings["graph"] = self._training_data(prepared, text)
-        graphdef, params, history, seconds = pretrain(data, config, progress=progress)
-        if n_clusters is None:
-            _, embedding = make_embed(graphdef)(params, data)
-            n_clusters = estimate_n_clusters(np.asarray(embedding), n_neighbors=config.n_neighbors,
-                                             resolution=config.leiden_resolution, seed=config.seed)
-            check_n_clusters(n_clusters, adata.n_obs)
-        self.n_clusters = int(n_clusters)
-        self.result = cluster(data, graphdef, params, self.n_clusters, config, progress=progress,
-                              pretrain_history=history, pretrain_seconds=seconds)
+        self.prepared_, self.cell_text_ = prepared, text
+        data, self.timings["graph"] = self._training_data(prepared, text, training=True)
+
+        def choose_n_clusters(embedding: np.ndarray) -> int:
+            k = estimate_n_clusters(embedding, n_neighbors=config.n_neighbors,
+                                    resolution=config.leiden_resolution, seed=config.seed)
+            check_n_clusters(k, adata.n_obs)
+            return k
+
+        self.result, graphdef = fit_network(data, config, n_clusters, choose_n_clusters=choose_n_clusters,
+                                            progress=progress)
+        self.n_clusters = int(self.result.assignment.shape[1])
         self._graphdef, self._params = graphdef, self.result.params
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
         self.timings["total"] = time.perf_counter() - start
@@ -113,11 +118,23 @@ class ScllmModel:
         self._text_dim = view.cell_embeddings.shape[1]
         return view.cell_embeddings
 
-    def _training_data(self, prepared: PreparedData, text: np.ndarray | None):
+    def _training_data(self, prepared: PreparedData, text: np.ndarray | None, *, training: bool = False):
         start = time.perf_counter()
+        if training and use_minibatch(prepared.n_cells, self.config):
+            from .graph import knn_indices, normalized_adjacency
+            from .minibatch import minibatch_data
+            from .parallel import data_mesh
+
+            logger.info("%d cells on %d device(s): mini-batch training (minibatch_min_cells=%d)",
+                        prepared.n_cells, jax.device_count(), self.config.minibatch_min_cells)
+            indices = knn_indices(prepared.pca, self.config.n_neighbors,
+                                  exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
+            data = minibatch_data(prepared.pca, prepared.expression, normalized_adjacency(indices), text,
+                                  self.config, data_mesh())
+            return data, time.perf_counter() - start
         graph = knn_graph(prepared.pca, self.config.n_neighbors,
                           exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
-        data = training_data(prepared.pca, prepared.expression, graph, text)
+        data = training_data(prepared.pca, np.asarray(prepared.expression), graph, text)
         return data, time.perf_counter() - start
 
     # --------------------------------------------------------------- outputs
@@ -129,7 +146,28 @@ class ScllmModel:
     def labels_(self) -> np.ndarray:
         """Cluster of each training cell."""
         self._require_fitted()
+        if self.result is None:
+            raise RuntimeError("A loaded model keeps no training labels; call predict(adata).")
         return self.result.labels
+
+    def cluster_knowledge(self) -> "pd.DataFrame":
+        """Marker genes and nearest gene knowledge of each training cluster.
+
+        See :func:`scllm_jax.interpret.cluster_knowledge`.
+        """
+        from .interpret import cluster_knowledge
+
+        self._require_fitted()
+        if self.prepared_ is None:
+            raise RuntimeError("cluster_knowledge needs the training data; call it after fit(adata).")
+        knowledge = None
+        if self.cell_text_ is not None:
+            from .knowledge.gene_table import load_gene_knowledge
+
+            knowledge = load_gene_knowledge()
+        return cluster_knowledge(self.labels_, self.prepared_.log_expression, self.prepared_.gene_names,
+                                 cell_text=self.cell_text_, gene_table=self._gene_embeddings,
+                                 knowledge=knowledge)
 
     @property
     def embedding_(self) -> np.ndarray:

@@ -35,19 +35,57 @@ class PreparedData:
         Names of the highly variable genes (columns of both matrices).
     expression
         Cells x highly variable genes, scaled and clipped, float32 (the
-        decoder's reconstruction target).
+        decoder's reconstruction target); a lazy :class:`ScaledExpression`
+        from ``minibatch_min_cells`` cells on.
     pca
         Cells x ``n_pcs`` principal components, float32 (graph and encoder input).
     """
 
     log_expression: sp.csr_matrix
     gene_names: np.ndarray
-    expression: np.ndarray
+    expression: "np.ndarray | ScaledExpression"
     pca: np.ndarray
 
     @property
     def n_cells(self) -> int:
         return self.pca.shape[0]
+
+
+class ScaledExpression:
+    """Scaled, clipped expression computed row block by row block from a CSR matrix.
+
+    Stands in for the dense ``PreparedData.expression`` at atlas scale: 1M
+    cells x 2,000 genes dense would be 8 GB, the CSR it is computed from a
+    fraction of that. Indexing with rows gives dense float32 rows, exactly
+    ``clip((x - mean) / std, -10, 10)``.
+
+    Parameters
+    ----------
+    log_expression
+        Cells x genes log-normalised CSR.
+    mean, std
+        Per-gene scaling.
+    """
+
+    def __init__(self, log_expression: sp.csr_matrix, mean: np.ndarray, std: np.ndarray):
+        self.log_expression, self.mean, self.std = log_expression, mean, std
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.log_expression.shape
+
+    def __getitem__(self, rows) -> np.ndarray:
+        dense = self.log_expression[rows].toarray()
+        return np.clip((dense - self.mean) / self.std, -_SCALE_CLIP, _SCALE_CLIP).astype(np.float32)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[np.arange(self.shape[0])]
+        return out if dtype is None else out.astype(dtype)
+
+    def blocks(self, size: int = 20_000):
+        """``(start, dense rows)`` in consecutive blocks of ``size`` cells."""
+        for start in range(0, self.shape[0], size):
+            yield start, self[np.arange(start, min(start + size, self.shape[0]))]
 
 
 def _log_normalise(matrix, is_counts: bool, target_sum: float) -> sp.csr_matrix:
@@ -149,6 +187,8 @@ class Preprocessor:
         gene_names = np.asarray(adata.var_names, dtype=object)[keep]
         log_expression = _log_normalise(matrix[:, keep], is_counts, config.target_sum)
         hvg = _highly_variable(log_expression, config.n_top_genes)
+        if adata.n_obs >= config.minibatch_min_cells:
+            return cls._fit_in_blocks(gene_names, is_counts, sp.csr_matrix(log_expression[:, hvg]), hvg, config)
         dense = log_expression[:, hvg].toarray()
         mean = dense.mean(axis=0)
         std = dense.std(axis=0)
@@ -166,6 +206,42 @@ class Preprocessor:
                     pca_components=components)
         return state, PreparedData(sp.csr_matrix(log_expression[:, hvg]), state.hvg_names, scaled,
                                    state._project(scaled))
+
+    @classmethod
+    def _fit_in_blocks(cls, gene_names: np.ndarray, is_counts: bool, log_hvg: sp.csr_matrix, hvg: np.ndarray,
+                       config: ScllmConfig) -> tuple["Preprocessor", PreparedData]:
+        """Scaling and PCA without ever holding cells x genes dense (atlas scale).
+
+        Gene means and standard deviations come from sparse sums; the PCA is
+        the eigendecomposition of the covariance of the scaled, clipped data,
+        accumulated over blocks of cells (exact, memory genes x genes).
+        """
+        n_cells, n_genes = log_hvg.shape
+        mean = np.asarray(log_hvg.mean(axis=0), dtype=np.float64).ravel()
+        mean_sq = np.asarray(log_hvg.multiply(log_hvg).mean(axis=0), dtype=np.float64).ravel()
+        std = np.sqrt(np.maximum(mean_sq - mean ** 2, 0.0))
+        std[std == 0] = 1.0
+        expression = ScaledExpression(log_hvg, mean.astype(np.float32), std.astype(np.float32))
+        total = np.zeros(n_genes)
+        gram = np.zeros((n_genes, n_genes))
+        for _, block in expression.blocks():
+            total += block.sum(axis=0, dtype=np.float64)
+            gram += (block.T @ block).astype(np.float64)
+        centre = total / n_cells
+        covariance = gram / n_cells - np.outer(centre, centre)
+        n_pcs = min(config.n_pcs, n_cells - 1, n_genes - 1)
+        values, vectors = np.linalg.eigh(covariance)
+        components = vectors[:, ::-1][:, :n_pcs].T
+        # Deterministic signs: the largest loading of each component positive (as sklearn's svd_flip).
+        signs = np.sign(components[np.arange(n_pcs), np.argmax(np.abs(components), axis=1)])
+        components = (components * signs[:, None]).astype(np.float32)
+        state = cls(gene_names=gene_names, hvg_names=gene_names[hvg], is_counts=is_counts,
+                    target_sum=config.target_sum, gene_mean=expression.mean, gene_std=expression.std,
+                    pca_mean=centre.astype(np.float32), pca_components=components)
+        pca = np.empty((n_cells, n_pcs), np.float32)
+        for start, block in expression.blocks():
+            pca[start:start + block.shape[0]] = state._project(block)
+        return state, PreparedData(log_hvg, state.hvg_names, expression, pca)
 
     def transform(self, adata: ad.AnnData) -> PreparedData:
         """Map new cells into the fitted space (same genes, scaling and PCA)."""

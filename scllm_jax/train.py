@@ -180,12 +180,271 @@ def _record(history: dict[str, list[float]], terms: dict[str, jax.Array], config
 def _init_centres(embedding: np.ndarray, n_clusters: int, config: ScllmConfig) -> np.ndarray:
     from sklearn.cluster import KMeans
 
+    if embedding.shape[0] > config.kmeans_max_cells:
+        # Centres of an atlas are well placed from a random subset; k-means on all of it is the slow part.
+        rows = np.random.default_rng(config.seed).choice(embedding.shape[0], config.kmeans_max_cells, replace=False)
+        embedding = embedding[np.sort(rows)]
     kmeans = KMeans(n_clusters=n_clusters, n_init=config.kmeans_n_init, random_state=config.seed)
     kmeans.fit(embedding.astype(np.float64))
     return kmeans.cluster_centers_.astype(np.float32)
 
 
-def pretrain(data: TrainingData, config: ScllmConfig, *, progress: bool = True):
+def use_minibatch(n_cells: int, config: ScllmConfig, n_devices: int | None = None) -> bool:
+    """Whether ``n_cells`` are trained in mini-batches (many cells, or several devices)."""
+    n_devices = jax.device_count() if n_devices is None else n_devices
+    return n_cells >= config.minibatch_min_cells or n_devices > 1
+
+
+# ----------------------------------------------------------------------------- engines
+# An engine hides how one optimiser step and one pass over all cells are done:
+# full batch (one step per epoch, the whole graph) or mini-batch (data parallel).
+
+class _FullBatch:
+    steps_per_epoch = 1
+
+    def __init__(self, data: TrainingData, config: ScllmConfig):
+        self.data, self.config = data, config
+
+    def dims(self) -> tuple[int, int, int | None]:
+        text = None if self.data.text is None else self.data.text.shape[1]
+        return self.data.aggregated_input.shape[1], self.data.target.shape[1], text
+
+    def compile(self, graphdef, optimizer) -> None:
+        config, data = self.config, self.data
+        self._step = make_train_step(graphdef, optimizer, config)
+        self._embed = make_embed(graphdef)
+        embed = self._embed
+        self._assign = jax.jit(lambda params: student_t_assign(embed(params, data)[1], params["centres"][...],
+                                                               config.alpha))
+
+    def place(self, params):
+        return params
+
+    def step(self, params, opt_state, target_p, key, phase, epoch, index):
+        return self._step(params, opt_state, self.data, target_p, key)
+
+    def embed_all(self, params):
+        latent, embedding = self._embed(params, self.data)
+        return np.asarray(latent), np.asarray(embedding)
+
+    def begin_epoch(self, params) -> None:
+        pass
+
+    def assign(self, params) -> jax.Array:
+        return self._assign(params)
+
+    def set_target(self, target_p):
+        return target_p
+
+    # no cell tables beyond P
+    def tables_state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_tables(self, tables: dict[str, np.ndarray]) -> None:
+        pass
+
+
+class _MiniBatch:
+    def __init__(self, data, config: ScllmConfig):
+        self.data, self.config = data, config
+        self._latent = self._embedding = None
+        self.steps_per_epoch = data.steps_per_epoch
+
+    def dims(self) -> tuple[int, int, int | None]:
+        return self.data.n_inputs, self.data.n_genes, self.data.text_dim
+
+    def compile(self, graphdef, optimizer) -> None:
+        from .minibatch import make_batch_embed, make_minibatch_step
+
+        self._step = make_minibatch_step(graphdef, optimizer, self.config, self.data.mesh)
+        self._embed = make_batch_embed(graphdef)
+
+    def place(self, params):
+        from .parallel import replicated
+
+        return jax.device_put(params, replicated(self.data.mesh))
+
+    def step(self, params, opt_state, target_p, key, phase, epoch, index):
+        from .minibatch import epoch_order, make_batch
+
+        if self._order_key != (phase, epoch):
+            self._order = epoch_order(self.data, self.config.seed, phase, epoch)
+            self._order_key = (phase, epoch)
+        size = self.data.local_batch_size
+        batch = make_batch(self.data, self._order[index * size:(index + 1) * size])
+        return self._step(params, opt_state, self.data.tables, batch)
+
+    _order_key = None
+
+    def embed_all(self, params):
+        from .minibatch import stream_embed
+
+        return stream_embed(self._embed, params, self.data)
+
+    def begin_epoch(self, params) -> None:
+        from .minibatch import with_table
+
+        # Historical latents for the ncut neighbours, refreshed once per epoch.
+        self._latent, self._embedding = self.embed_all(params)
+        self.data = with_table(self.data, latent=self._latent)
+
+    def assign(self, params) -> jax.Array:
+        # Uses the streaming pass of begin_epoch, run just before with the same params.
+        return student_t_assign(jnp.asarray(self._embedding), params["centres"][...], self.config.alpha)
+
+    def set_target(self, target_p):
+        from .minibatch import with_table
+
+        self.data = with_table(self.data, target_p=None if target_p is None else np.asarray(target_p))
+        return target_p
+
+    def tables_state(self) -> dict[str, np.ndarray]:
+        if self._latent is None:
+            return {}
+        return {"latent": self._latent, "embedding": self._embedding}
+
+    def load_tables(self, tables: dict[str, np.ndarray]) -> None:
+        from .minibatch import with_table
+
+        self._latent, self._embedding = tables["latent"], tables["embedding"]
+        self.data = with_table(self.data, latent=self._latent)
+
+
+def _engine(data, config: ScllmConfig):
+    return _FullBatch(data, config) if isinstance(data, TrainingData) else _MiniBatch(data, config)
+
+
+# ----------------------------------------------------------------------------- schedule
+_PHASES = {"pretrain": 0, "cluster": 1}
+
+
+class _Run:
+    """The mutable state of one phase of training, and its checkpoints."""
+
+    def __init__(self, engine, config: ScllmConfig, phase: str, graphdef, params, opt_state, key,
+                 checkpointer, global_step: int, extra_meta: dict):
+        self.engine, self.config, self.phase = engine, config, phase
+        self.graphdef, self.params, self.opt_state, self.key = graphdef, params, opt_state, key
+        self.checkpointer, self.global_step, self.extra_meta = checkpointer, global_step, extra_meta
+        self.epoch, self.index = 0, 0
+        self.history: dict[str, list[float]] = {}
+        self.partial: dict[str, list[float]] = {}
+        self.target_p = None
+        self.previous_labels: np.ndarray | None = None
+        self.stopped, self.epochs_run = False, 0
+
+    # -- checkpoints
+    def _arrays(self) -> dict:
+        empty = np.zeros((0,), np.float32)
+        tables = self.engine.tables_state()
+        return {"params": self.params, "opt_state": self.opt_state, "key": jax.random.key_data(self.key),
+                "target_p": empty if self.target_p is None else np.asarray(self.target_p),
+                "labels": np.zeros((0,), np.int64) if self.previous_labels is None else self.previous_labels,
+                "latent": tables.get("latent", empty), "embedding": tables.get("embedding", empty)}
+
+    def save(self) -> None:
+        meta = {"phase": self.phase, "epoch": self.epoch, "index": self.index, "global_step": self.global_step,
+                "history": self.history, "partial": self.partial, "epochs_run": self.epochs_run,
+                "shapes": {name: list(np.shape(value)) for name, value in self._arrays().items()
+                           if name in ("target_p", "labels", "latent", "embedding")}, **self.extra_meta}
+        self.checkpointer.save(self.global_step, self._arrays(), meta)
+
+    def restore(self, meta: dict) -> None:
+        template = self._arrays()
+        for name, shape in meta["shapes"].items():
+            dtype = np.int64 if name == "labels" else np.float32
+            template[name] = np.zeros(shape, dtype)
+        arrays = self.checkpointer.restore_arrays(template, meta["global_step"])
+        self.params = self.engine.place(jax.tree.map(jnp.asarray, arrays["params"]))
+        self.opt_state = self.engine.place(jax.tree.map(jnp.asarray, arrays["opt_state"]))
+        self.key = jax.random.wrap_key_data(jnp.asarray(arrays["key"]))
+        self.target_p = None if arrays["target_p"].size == 0 else jnp.asarray(arrays["target_p"])
+        self.engine.set_target(self.target_p)
+        self.previous_labels = None if arrays["labels"].size == 0 else arrays["labels"]
+        if arrays["latent"].size:
+            self.engine.load_tables({"latent": arrays["latent"], "embedding": arrays["embedding"]})
+        self.epoch, self.index, self.global_step = meta["epoch"], meta["index"], meta["global_step"]
+        self.history, self.partial, self.epochs_run = meta["history"], meta["partial"], meta["epochs_run"]
+        logger.info("resumed %s at epoch %d, batch %d (step %d)", self.phase, self.epoch, self.index,
+                    self.global_step)
+
+    # -- the loop
+    def run(self, n_epochs: int, *, refresh_every: int | None, make_target=None, progress: bool,
+            on_step=None) -> None:
+        """Train up to ``n_epochs``; with ``refresh_every`` (clustering), refresh P and stop on label change."""
+        engine, config = self.engine, self.config
+        bar = tqdm(total=n_epochs, initial=self.epoch, desc="pre-training" if self.phase == "pretrain"
+                   else "clustering", disable=not progress, leave=False)
+        while self.epoch < n_epochs:
+            if self.index == 0:
+                if isinstance(engine, _MiniBatch):
+                    engine.begin_epoch(self.params)
+                if refresh_every is not None and self.epoch % refresh_every == 0:
+                    assignment = engine.assign(self.params)
+                    self.target_p = engine.set_target(make_target(assignment))
+                    labels = np.asarray(jnp.argmax(assignment, axis=1))
+                    if self.previous_labels is not None:
+                        changed = float(np.mean(labels != self.previous_labels))
+                        bar.set_postfix(changed=f"{changed:.4f}")
+                        if changed < config.tol:
+                            self.stopped = True
+                            break
+                    self.previous_labels = labels
+            epoch = self.epoch
+            while self.epoch == epoch:
+                self.key, subkey = jax.random.split(self.key)
+                self.params, self.opt_state, terms = engine.step(self.params, self.opt_state, self.target_p, subkey,
+                                                                 _PHASES[self.phase], self.epoch, self.index)
+                if engine.steps_per_epoch == 1:
+                    _record(self.history, terms, config)
+                else:
+                    _record(self.partial, terms, config)
+                self.index += 1
+                self.global_step += 1
+                if self.index == engine.steps_per_epoch:
+                    self._end_epoch()
+                if self.checkpointer is not None and self.global_step % config.checkpoint_every == 0:
+                    self.save()
+                if on_step is not None:
+                    on_step(self.global_step)
+            bar.update(1)
+        bar.close()
+
+    def _end_epoch(self) -> None:
+        for name, values in self.partial.items():
+            self.history.setdefault(name, []).append(float(np.mean(values)))
+        self.partial = {}
+        self.epoch, self.index = self.epoch + 1, 0
+        self.epochs_run += 1
+
+
+def _target_fn(config: ScllmConfig):
+    return jax.jit(lambda q: sinkhorn_target(q, config.sinkhorn_iters, config.sinkhorn_epsilon)
+                   if config.target == "sinkhorn" else dec_target(q))
+
+
+def _phase_epochs(engine, config: ScllmConfig) -> tuple[int, int, int]:
+    if isinstance(engine, _MiniBatch):
+        return config.minibatch_pretrain_epochs, config.minibatch_cluster_epochs, config.minibatch_update_interval
+    return config.pretrain_epochs, config.cluster_epochs, config.update_interval
+
+
+def _network(engine, n_clusters: int, config: ScllmConfig) -> ScllmNetwork:
+    n_inputs, n_genes, text_dim = engine.dims()
+    return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.hidden_dims),
+                        latent_dim=config.latent_dim, decoder_dims=tuple(config.decoder_dims),
+                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed))
+
+
+def _checkpointer(config: ScllmConfig):
+    if config.checkpoint_dir is None:
+        return None
+    from .checkpoint import Checkpointer
+
+    return Checkpointer(config.checkpoint_dir)
+
+
+def pretrain(data, config: ScllmConfig, *, progress: bool = True):
     """Pre-train the autoencoder (reconstruction, ncut, alignment).
 
     The number of clusters need not be known yet: the centres are a
@@ -195,59 +454,124 @@ def pretrain(data: TrainingData, config: ScllmConfig, *, progress: bool = True):
     -------
     (graphdef, params, history, seconds)
     """
-    network = build_network(data, 1, config)
-    graphdef, params = nnx.split(network, nnx.Param)
+    engine = _engine(data, config)
+    run = _pretrain_run(engine, config, None, progress=progress)
+    return run.graphdef, run.params, run.history, run.seconds
+
+
+def _pretrain_run(engine, config: ScllmConfig, checkpointer, *, progress: bool, resume: dict | None = None,
+                  on_step=None) -> _Run:
+    graphdef, params = nnx.split(_network(engine, 1, config), nnx.Param)
     optimizer = optax.adam(config.learning_rate)
+    params = engine.place(params)
     opt_state = optimizer.init(params)
-    step = make_train_step(graphdef, optimizer, config)
-    key = jax.random.key(config.seed)
-    history: dict[str, list[float]] = {}
+    engine.compile(graphdef, optimizer)
+    run = _Run(engine, config, "pretrain", graphdef, params, opt_state, jax.random.key(config.seed), checkpointer,
+               0, {})
+    if resume is not None:
+        run.restore(resume)
     start = time.perf_counter()
-    for _ in tqdm(range(config.pretrain_epochs), desc="pre-training", disable=not progress, leave=False):
-        key, subkey = jax.random.split(key)
-        params, opt_state, terms = step(params, opt_state, data, None, subkey)
-        _record(history, terms, config)
-    return graphdef, params, history, time.perf_counter() - start
+    run.run(_phase_epochs(engine, config)[0], refresh_every=None, progress=progress, on_step=on_step)
+    run.seconds = time.perf_counter() - start + (resume or {}).get("seconds", 0.0)
+    return run
 
 
-def cluster(data: TrainingData, graphdef: nnx.GraphDef, params: nnx.State, n_clusters: int,
+def cluster(data, graphdef: nnx.GraphDef, params: nnx.State, n_clusters: int,
             config: ScllmConfig, *, progress: bool = True, pretrain_history=None,
             pretrain_seconds: float = 0.0) -> FitResult:
     """Initialise centres by k-means, then train with every loss term until labels settle."""
-    embed = make_embed(graphdef)
-    start = time.perf_counter()
-    _, embedding = embed(params, data)
-    params["centres"] = nnx.Param(jnp.asarray(_init_centres(np.asarray(embedding), n_clusters, config)))
+    engine = _engine(data, config)
+    run = _cluster_run(engine, config, graphdef, params, n_clusters, None, progress=progress, global_step=0)
+    return _result(engine, run, pretrain_history, pretrain_seconds)
+
+
+def _cluster_run(engine, config: ScllmConfig, graphdef, params, n_clusters: int, checkpointer, *,
+                 progress: bool, global_step: int, resume: dict | None = None, extra_meta: dict | None = None,
+                 on_step=None) -> _Run:
     optimizer = optax.adam(config.learning_rate)
+    engine.compile(graphdef, optimizer)
+    start = time.perf_counter()
+    if resume is None:
+        _, embedding = engine.embed_all(params)
+        params["centres"] = nnx.Param(jnp.asarray(_init_centres(np.asarray(embedding), n_clusters, config)))
+    else:
+        dim = params["centres"][...].shape[1]
+        params["centres"] = nnx.Param(jnp.zeros((n_clusters, dim), jnp.float32))
+    params = engine.place(params)
     opt_state = optimizer.init(params)
-    step = make_train_step(graphdef, optimizer, config)
-    make_target = jax.jit(lambda q: sinkhorn_target(q, config.sinkhorn_iters, config.sinkhorn_epsilon)
-                          if config.target == "sinkhorn" else dec_target(q))
-    assign = jax.jit(lambda params: student_t_assign(embed(params, data)[1], params["centres"][...], config.alpha))
-    key = jax.random.key(config.seed + 1)
-    history: dict[str, list[float]] = {}
-    previous_labels, target_p, stopped, epochs = None, None, False, 0
-    bar = tqdm(range(config.cluster_epochs), desc="clustering", disable=not progress, leave=False)
-    for epoch in bar:
-        if epoch % config.update_interval == 0:
-            assignment = assign(params)
-            target_p = make_target(assignment)
-            labels = np.asarray(jnp.argmax(assignment, axis=1))
-            if previous_labels is not None:
-                changed = float(np.mean(labels != previous_labels))
-                bar.set_postfix(changed=f"{changed:.4f}")
-                if changed < config.tol:
-                    stopped = True
-                    break
-            previous_labels = labels
-        key, subkey = jax.random.split(key)
-        params, opt_state, terms = step(params, opt_state, data, target_p, subkey)
-        _record(history, terms, config)
-        epochs += 1
-    latent, embedding = embed(params, data)
-    assignment = np.asarray(student_t_assign(embedding, params["centres"][...], config.alpha))
-    seconds = {"pretrain": pretrain_seconds, "cluster": time.perf_counter() - start}
+    run = _Run(engine, config, "cluster", graphdef, params, opt_state, jax.random.key(config.seed + 1),
+               checkpointer, global_step, extra_meta or {})
+    if resume is not None:
+        run.restore(resume)
+    _, n_epochs, interval = _phase_epochs(engine, config)
+    run.run(n_epochs, refresh_every=interval, make_target=_target_fn(config), progress=progress, on_step=on_step)
+    run.seconds = time.perf_counter() - start + (resume or {}).get("cluster_seconds", 0.0)
+    return run
+
+
+def _result(engine, run: _Run, pretrain_history, pretrain_seconds: float) -> FitResult:
+    config = run.config
+    latent, embedding = engine.embed_all(run.params)
+    assignment = np.asarray(student_t_assign(jnp.asarray(embedding), run.params["centres"][...], config.alpha))
+    seconds = {"pretrain": pretrain_seconds, "cluster": run.seconds}
+    pretrain_history = pretrain_history or {}
     return FitResult(labels=assignment.argmax(axis=1), assignment=assignment, embedding=np.asarray(embedding),
-                     latent=np.asarray(latent), history={"pretrain": pretrain_history or {}, "cluster": history},
-                     pretrain_epochs=len((pretrain_history or {}).get("total", [])), cluster_epochs=epochs,
-                     stopped_early=stopped, seconds=seconds, params=params)
+                     latent=np.asarray(latent), history={"pretrain": pretrain_history, "cluster": run.history},
+                     pretrain_epochs=len(pretrain_history.get("total", [])), cluster_epochs=run.epochs_run,
+                     stopped_early=run.stopped, seconds=seconds, params=run.params)
+
+
+def fit_network(data, config: ScllmConfig, n_clusters: int | None = None, *, choose_n_clusters=None,
+                progress: bool = True, on_step=None) -> tuple[FitResult, nnx.GraphDef]:
+    """Both phases, checkpointed and resumable when ``config.checkpoint_dir`` is set.
+
+    Parameters
+    ----------
+    data
+        :class:`TrainingData` (full batch) or
+        :class:`~scllm_jax.minibatch.MinibatchData` (mini-batch, data parallel).
+    config
+        Settings; ``checkpoint_dir`` and ``checkpoint_every`` control checkpoints.
+    n_clusters
+        K, or ``None`` with ``choose_n_clusters``.
+    choose_n_clusters
+        ``f(embedding) -> K`` called on the pre-trained embedding when
+        ``n_clusters`` is ``None``.
+    progress
+        Show progress bars.
+    on_step
+        ``f(global_step)`` after every optimiser step (monitoring, tests).
+
+    Returns
+    -------
+    (FitResult, graphdef)
+
+    Notes
+    -----
+    A checkpoint records the phase, epoch, batch, PRNG key, parameters,
+    optimiser state, target ``P`` and loss history: a resumed run repeats
+    exactly the steps an uninterrupted one would have made, losing at most
+    ``checkpoint_every`` steps of work.
+    """
+    engine = _engine(data, config)
+    checkpointer = _checkpointer(config)
+    meta = None
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        meta = checkpointer.restore_meta()
+    if meta is None or meta["phase"] == "pretrain":
+        run = _pretrain_run(engine, config, checkpointer, progress=progress, resume=meta, on_step=on_step)
+        graphdef, params, pretrain_history, pretrain_seconds = run.graphdef, run.params, run.history, run.seconds
+        global_step = run.global_step
+        if n_clusters is None:
+            n_clusters = int(choose_n_clusters(engine.embed_all(params)[1]))
+        resume = None
+    else:
+        graphdef, params = nnx.split(_network(engine, 1, config), nnx.Param)
+        pretrain_history, pretrain_seconds = meta["pretrain_history"], meta["seconds"]
+        n_clusters, global_step, resume = meta["n_clusters"], meta["global_step"], meta
+    extra = {"pretrain_history": pretrain_history, "seconds": pretrain_seconds, "n_clusters": int(n_clusters)}
+    run = _cluster_run(engine, config, graphdef, params, int(n_clusters), checkpointer, progress=progress,
+                       global_step=global_step, resume=resume, extra_meta=extra, on_step=on_step)
+    if checkpointer is not None:
+        checkpointer.close()
+    return _result(engine, run, pretrain_history, pretrain_seconds), graphdef

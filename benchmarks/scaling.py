@@ -1,0 +1,117 @@
+"""Scaling benchmark: graph build, time per epoch, fit time, peak memory and ARI vs number of cells.
+
+Synthetic atlases (:func:`scllm_jax.synthetic.synthetic_atlas`: 2,000 genes,
+K = 20 negative-binomial programmes over real gene symbols). Each size runs
+in its own process so its peak RSS is its own. Appends one row per size to a
+TSV. Runs unchanged on CPU and GPU; label the device with ``--device-label``.
+
+Examples
+--------
+::
+
+    python benchmarks/scaling.py --sizes 10000 100000 --device-label cpu-2core
+    python benchmarks/scaling.py --sizes 1000000 --device-label h100 --out benchmarks/results/scaling_gpu.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COLUMNS = ["n_cells", "n_genes", "n_clusters", "device", "jax_devices", "mode", "semantic", "generate_s",
+           "preprocess_s", "graph_s", "semantic_s", "pretrain_epochs", "cluster_epochs", "steps_per_epoch",
+           "s_per_epoch", "fit_s", "total_s", "peak_rss_gb", "ari", "nmi"]
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """Generate, fit and score one size (in this process)."""
+    import jax
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from scllm_jax.config import ScllmConfig
+    from scllm_jax.model import ScllmModel
+    from scllm_jax.synthetic import synthetic_atlas
+    from scllm_jax.train import use_minibatch
+
+    n = args.single
+    start = time.perf_counter()
+    adata = synthetic_atlas(n, args.n_genes, args.n_clusters, seed=args.seed)
+    generate_s = time.perf_counter() - start
+    changes = dict(seed=args.seed, minibatch_pretrain_epochs=args.minibatch_epochs[0],
+                   minibatch_cluster_epochs=args.minibatch_epochs[1], kmeans_n_init=args.kmeans_n_init)
+    if args.mode == "minibatch":
+        changes["minibatch_min_cells"] = 1
+    elif args.mode == "full":
+        changes["minibatch_min_cells"] = 10 ** 12
+    # Path 1 only at scale: path 2 runs the language model once per cell.
+    changes.update(use_semantic=args.semantic, use_path2=False)
+    config = ScllmConfig(**changes)
+    model = ScllmModel(config).fit(adata, args.n_clusters, progress=False)
+    result = model.result
+    epochs = result.pretrain_epochs + result.cluster_epochs
+    fit_s = result.seconds["pretrain"] + result.seconds["cluster"]
+    minibatch = use_minibatch(n, config)
+    truth = adata.obs["cell_type"].cat.codes.to_numpy()
+    return {"n_cells": n, "n_genes": args.n_genes, "n_clusters": args.n_clusters, "device": args.device_label,
+            "jax_devices": f"{jax.device_count()}x{jax.devices()[0].platform}",
+            "mode": "minibatch" if minibatch else "full", "semantic": "path1" if args.semantic else "off",
+            "generate_s": round(generate_s, 2), "preprocess_s": round(model.timings["preprocess"], 2),
+            "graph_s": round(model.timings["graph"], 2), "semantic_s": round(model.timings.get("semantic", 0.0), 2),
+            "pretrain_epochs": result.pretrain_epochs, "cluster_epochs": result.cluster_epochs,
+            "steps_per_epoch": -(-n // config.minibatch_size) if minibatch else 1,
+            "s_per_epoch": round(fit_s / max(epochs, 1), 4), "fit_s": round(fit_s, 2),
+            "total_s": round(model.timings["total"], 2),
+            # ru_maxrss is in KiB on Linux.
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3),
+            "ari": round(adjusted_rand_score(truth, result.labels), 4),
+            "nmi": round(normalized_mutual_info_score(truth, result.labels), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--device-label", default="cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "scaling_cpu.tsv"))
+    parser.add_argument("--n-genes", type=int, default=2000)
+    parser.add_argument("--n-clusters", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=["auto", "minibatch", "full"], default="auto",
+                        help="auto: the config's switch (minibatch_min_cells)")
+    parser.add_argument("--minibatch-epochs", type=int, nargs=2, default=[5, 5], metavar=("PRETRAIN", "CLUSTER"))
+    parser.add_argument("--kmeans-n-init", type=int, default=4)
+    parser.add_argument("--semantic", action="store_true", help="semantic view, path 1 only")
+    parser.add_argument("--single", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single is not None:
+        print(json.dumps(run_one(args)))
+        return
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for n in args.sizes:
+        command = [sys.executable, __file__, "--single", str(n), "--device-label", args.device_label,
+                   "--n-genes", str(args.n_genes), "--n-clusters", str(args.n_clusters), "--seed", str(args.seed),
+                   "--mode", args.mode, "--minibatch-epochs", *map(str, args.minibatch_epochs),
+                   "--kmeans-n-init", str(args.kmeans_n_init)] + (["--semantic"] if args.semantic else [])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"n_cells={n} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+            continue
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        new = not out.exists()
+        with out.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        print("\t".join(str(row[c]) for c in COLUMNS), flush=True)
+
+
+if __name__ == "__main__":
+    main()

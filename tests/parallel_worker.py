@@ -1,0 +1,84 @@
+"""Worker for the parallel tests: a few mini-batch training steps, results saved to ``.npz``.
+
+Run as a script (JAX must see its device count, or join its distributed run,
+before it is imported)::
+
+    python parallel_worker.py OUT.npz [--devices N] [--process-id P --num-processes M --coordinator HOST:PORT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--coordinator")
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    args = parser.parse_args()
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+    import jax
+
+    from scllm_jax.parallel import initialize_distributed
+
+    if args.coordinator:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from scllm_jax.config import ScllmConfig
+    from scllm_jax.graph import knn_indices, normalized_adjacency
+    from scllm_jax.minibatch import epoch_order, make_batch, make_minibatch_step, minibatch_data, with_table
+    from scllm_jax.modules import ScllmNetwork
+    from scllm_jax.parallel import data_mesh, replicated
+
+    config = ScllmConfig.tiny(minibatch_size=64, hidden_dims=(32,), decoder_dims=(32,), latent_dim=8,
+                              projection_dim=8)
+    rng = np.random.default_rng(0)
+    n_cells, n_genes, n_pcs, text_dim = 200, 40, 10, 12
+    centres = rng.normal(size=(4, n_pcs)) * 3
+    pca = (centres[rng.integers(0, 4, n_cells)] + rng.normal(size=(n_cells, n_pcs))).astype(np.float32)
+    expression = rng.normal(size=(n_cells, n_genes)).astype(np.float32)
+    text = rng.normal(size=(n_cells, text_dim)).astype(np.float32)
+    adjacency = normalized_adjacency(knn_indices(pca, 5))
+    mesh = data_mesh()
+    data = minibatch_data(pca, expression, adjacency, text, config, mesh)
+    data = with_table(data, latent=rng.normal(size=(n_cells, config.latent_dim)).astype(np.float32),
+                      target_p=rng.dirichlet(np.ones(3), n_cells).astype(np.float32))
+    network = ScllmNetwork(n_pcs, n_genes, text_dim, 3, hidden_dims=config.hidden_dims,
+                           latent_dim=config.latent_dim, decoder_dims=config.decoder_dims,
+                           projection_dim=config.projection_dim, rngs=nnx.Rngs(0))
+    # Distinct centres: with identical ones the centre gradient is 0 up to rounding, which Adam amplifies.
+    network.centres[...] = rng.normal(size=(3, config.projection_dim)).astype(np.float32)
+    graphdef, params = nnx.split(network, nnx.Param)
+    optimizer = optax.adam(1e-2)
+    params = jax.device_put(params, replicated(mesh))
+    opt_state = optimizer.init(params)
+    step = make_minibatch_step(graphdef, optimizer, config, mesh)
+    order = epoch_order(data, 0, 0, 0)
+    losses = []
+    size = data.local_batch_size
+    for i in range(args.steps):
+        rows = order[(i % data.steps_per_epoch) * size:][:size]
+        params, opt_state, terms = step(params, opt_state, data.tables, make_batch(data, rows))
+        losses.append([float(terms[name]) for name in sorted(terms)])
+    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
+    np.savez(args.out, losses=np.asarray(losses), n_devices=jax.device_count(),
+             **{f"p{i}": leaf for i, leaf in enumerate(leaves)})
+    print("devices", jax.device_count(), "processes", jax.process_count(), "losses", losses[-1])
+    if args.coordinator:
+        jax.distributed.shutdown()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
