@@ -1,19 +1,47 @@
-"""Plots (matplotlib), each saved as PNG when a path is given."""
+"""Plots (matplotlib): each function returns the figure and saves it as PNG when a path is given.
+
+The module does not choose a matplotlib backend: in a notebook figures show
+inline, on a machine without a display matplotlib falls back to Agg.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import anndata as ad
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _natural_key(name) -> tuple:
+    """Sort key that orders ``"2"`` before ``"10"`` and ``"type2"`` before ``"type10"``."""
+    parts = re.split(r"(\d+)", str(name))
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in parts if part)
+
+
+def _natural_sorted(names) -> list[str]:
+    return sorted({str(n) for n in names}, key=_natural_key)
 
 
 def embedding_umap(adata: ad.AnnData, key: str = "scllm", *, seed: int = 0) -> np.ndarray:
-    """2-D UMAP of ``obsm[f"X_{key}"]``, stored in ``obsm[f"X_{key}_umap"]`` and returned."""
+    """2-D UMAP of the clustering embedding, computed once and cached.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with ``obsm[f"X_{key}"]`` (written by :func:`scllm_jax.tl.cluster`).
+    key
+        The ``key_added`` of the clustering.
+    seed
+        Random state of UMAP.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cells x 2 coordinates, also stored in ``obsm[f"X_{key}_umap"]``.
+    """
     import umap
 
     if f"X_{key}_umap" not in adata.obsm:
@@ -24,7 +52,7 @@ def embedding_umap(adata: ad.AnnData, key: str = "scllm", *, seed: int = 0) -> n
 
 def _scatter(ax, coords: np.ndarray, labels, title: str) -> None:
     labels = np.asarray(labels).astype(str)
-    names = sorted(set(labels), key=lambda s: (len(s), s))
+    names = _natural_sorted(labels)
     cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
     for i, name in enumerate(names):
         sel = labels == name
@@ -37,6 +65,19 @@ def _scatter(ax, coords: np.ndarray, labels, title: str) -> None:
 def umap(adata: ad.AnnData, key: str = "scllm", *, label_key: str | None = None,
          path: str | Path | None = None, seed: int = 0):
     """UMAP of the clustering embedding coloured by cluster (and by ``label_key`` if given).
+
+    Parameters
+    ----------
+    adata
+        Annotated data clustered by :func:`scllm_jax.tl.cluster`.
+    key
+        The ``key_added`` of the clustering (reads ``obs[key]`` and ``obsm[f"X_{key}"]``).
+    label_key
+        ``obs`` column of known labels for a second panel; only displayed.
+    path
+        Save the figure there as PNG (and close it).
+    seed
+        Random state of UMAP (see :func:`embedding_umap`).
 
     Returns
     -------
@@ -54,7 +95,16 @@ def umap(adata: ad.AnnData, key: str = "scllm", *, label_key: str | None = None,
 
 
 def training_curves(adata: ad.AnnData, key: str = "scllm", *, path: str | Path | None = None):
-    """Each loss term per epoch, pre-training then clustering (vertical line between).
+    """Each loss term per epoch, pre-training then clustering (dashed line between).
+
+    Parameters
+    ----------
+    adata
+        Annotated data with ``uns[key]['loss_history']`` (``{phase: {term: values}}``).
+    key
+        The ``key_added`` of the clustering.
+    path
+        Save the figure there as PNG (and close it).
 
     Returns
     -------
@@ -76,15 +126,28 @@ def training_curves(adata: ad.AnnData, key: str = "scllm", *, path: str | Path |
 
 
 def confusion(adata: ad.AnnData, key: str = "scllm", *, label_key: str, path: str | Path | None = None):
-    """Counts of cells per (label, cluster), rows normalised; labels only for display.
+    """Fraction of each label's cells in each cluster (rows sum to 1).
+
+    Clusters (columns) and labels (rows) are in natural order: ``0, 1, 2, ..., 10``.
+    Labels are only displayed, never used by the clustering.
+
+    Parameters
+    ----------
+    adata
+        Annotated data clustered by :func:`scllm_jax.tl.cluster`.
+    key
+        The ``key_added`` of the clustering (reads ``obs[key]``).
+    label_key
+        ``obs`` column of known labels.
+    path
+        Save the figure there as PNG (and close it).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    import pandas as pd
-
-    table = pd.crosstab(adata.obs[label_key].astype(str), adata.obs[key].astype(str))
+    table = pd.crosstab(adata.obs[label_key].astype(str).to_numpy(), adata.obs[key].astype(str).to_numpy())
+    table = table.loc[_natural_sorted(table.index), _natural_sorted(table.columns)]
     fractions = table.div(table.sum(axis=1), axis=0)
     fig, ax = plt.subplots(figsize=(0.45 * table.shape[1] + 3, 0.35 * table.shape[0] + 2))
     image = ax.imshow(fractions.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
@@ -92,6 +155,52 @@ def confusion(adata: ad.AnnData, key: str = "scllm", *, label_key: str, path: st
     ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
     ax.set_xlabel("cluster"), ax.set_ylabel(label_key)
     fig.colorbar(image, ax=ax, label="fraction of label")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def benchmark_bars(table: pd.DataFrame, metric: str = "ARI", path: str | Path | None = None):
+    """Grouped bars of a metric: one group per dataset, one bar per method, mean ± std over seeds.
+
+    Parameters
+    ----------
+    table
+        One row per fit, with columns ``dataset``, ``method``, ``seed`` and
+        ``metric`` (the layout of ``benchmarks/results/benchmark.tsv``).
+    metric
+        Column to plot, e.g. ``"ARI"``, ``"NMI"``, ``"ACC"``, ``"F1"`` or
+        ``"fit_seconds"``.
+    path
+        Save the figure there as PNG (and close it).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Datasets and methods appear in the order of their first row in
+        ``table``; the error bar is the sample standard deviation over seeds
+        (none where a dataset x method has a single seed).
+    """
+    missing = {"dataset", "method", metric} - set(table.columns)
+    if missing:
+        raise KeyError(f"benchmark table lacks column(s) {sorted(missing)}; columns are {list(table.columns)}.")
+    datasets = list(dict.fromkeys(table["dataset"].astype(str)))
+    methods = list(dict.fromkeys(table["method"].astype(str)))
+    values = pd.to_numeric(table[metric], errors="coerce")
+    stats = values.groupby([table["dataset"].astype(str), table["method"].astype(str)]).agg(["mean", "std"])
+    means = stats["mean"].unstack().reindex(index=datasets, columns=methods)
+    stds = stats["std"].unstack().reindex(index=datasets, columns=methods)
+
+    width = 0.8 / len(methods)
+    cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(datasets) * len(methods) + 3), 4))
+    x = np.arange(len(datasets))
+    for i, method in enumerate(methods):
+        ax.bar(x - 0.4 + (i + 0.5) * width, means[method].to_numpy(), width, yerr=stds[method].to_numpy(),
+               label=method, color=cmap(i % cmap.N), capsize=2, error_kw={"lw": 0.8})
+    ax.set_xticks(x, datasets, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean ± std over seeds")
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return _save(fig, path)
 
