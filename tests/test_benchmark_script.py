@@ -1,0 +1,146 @@
+"""``benchmarks/run_benchmark.py``: resuming, the scanpy baselines, the neighbours work-around, the summary.
+
+Small: 150 real mouse pancreas cells, fits run in this process (the script's own
+spawned-process path is exercised by running the benchmark itself).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def rb():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("run_benchmark")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, baron) -> Path:
+    """A folder with one small real dataset: 150 cells of four types, gene symbols."""
+    rng = np.random.default_rng(1)
+    keep = np.flatnonzero(baron.obs["cell_type"].isin(["beta", "ductal", "delta", "endothelial"]).to_numpy())
+    small = baron[np.sort(rng.choice(keep, 150, replace=False))].copy()
+    small.obs["cell_type"] = small.obs["cell_type"].cat.remove_unused_categories()
+    small.uns["gene_symbols"] = True
+    folder = tmp_path_factory.mktemp("bench_data")
+    small.write_h5ad(folder / "pancreas_small.h5ad")
+    return folder
+
+
+def _row(dataset, method, seed, ari, semantic=""):
+    return {"dataset": dataset, "method": method, "seed": str(seed), "n_cells": "150", "n_genes": "2000", "K": "4",
+            "ARI": str(ari), "NMI": "0.5", "ACC": "0.6", "F1": "0.5", "fit_seconds": "1.5",
+            "seconds_per_epoch": "0.01" if method.startswith("scllm") else "", "n_epochs": "",
+            "peak_memory_gb": "0.4", "semantic_used": semantic, "genes_matched_fraction": ""}
+
+
+def test_plan_runs_ablations_only_with_gene_symbols(rb, data_dir, tmp_path, baron):
+    jobs, skipped = rb.plan(data_dir, None, list(rb.ALL_METHODS), [0, 1], ablations=True)
+    assert len(jobs) == len(rb.ALL_METHODS) * 2 and not skipped
+    jobs, _ = rb.plan(data_dir, None, list(rb.ALL_METHODS), [0], ablations=False)
+    assert {j["method"] for j in jobs} == {"scllm_full", "leiden_r1", "kmeans"}
+    no_symbols = tmp_path / "no_symbols"
+    no_symbols.mkdir()
+    small = baron[:50].copy()
+    small.uns["gene_symbols"] = False
+    small.write_h5ad(no_symbols / "anon.h5ad")
+    jobs, skipped = rb.plan(no_symbols, None, list(rb.ALL_METHODS), [0], ablations=True)
+    assert {j["method"] for j in jobs} == {"scllm_full", "leiden_r1", "kmeans"}
+    assert len(skipped) == len(rb.ABLATIONS)
+    with pytest.raises(SystemExit, match="Unknown datasets"):
+        rb.plan(data_dir, ["nope"], ["kmeans"], [0], ablations=True)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "leiden_r1"])
+def test_baseline_fit_scores_a_real_dataset(rb, data_dir, method):
+    result = rb.run_fit({"dataset": "pancreas_small", "path": str(data_dir / "pancreas_small.h5ad"),
+                         "method": method, "seed": 0})
+    row = result["row"]
+    assert set(row) == set(rb.COLUMNS)
+    assert row["K"] == 4 and row["n_cells"] == 150
+    assert 0.3 < row["ARI"] <= 1.0  # four well separated pancreas types
+    assert row["fit_seconds"] > 0 and row["peak_memory_gb"] > 0.05
+    assert row["seconds_per_epoch"] == "" and row["semantic_used"] == ""
+
+
+def test_rerun_skips_rows_already_in_the_tsv(rb, data_dir, tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    for seed in (0, 1):
+        rb.append_row(out / "benchmark.tsv", _row("pancreas_small", "kmeans", seed, 0.8))
+    assert rb.main(["--data-dir", str(data_dir), "--methods", "kmeans", "--seeds", "0", "1",
+                    "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 fits planned, 2 already in" in printed and "0 to run" in printed
+    assert len(rb.read_rows(out / "benchmark.tsv")) == 2
+    assert (out / "benchmark.md").exists() and (out / "benchmark_ari.png").exists()
+    assert rb.main(["--data-dir", str(data_dir), "--methods", "kmeans", "--seeds", "0", "1", "2",
+                    "--out-dir", str(out), "--dry-run"]) == 0
+    assert "pancreas_small kmeans seed=2" in capsys.readouterr().out
+
+
+def test_tsv_round_trip_keeps_the_columns(rb, tmp_path):
+    path = tmp_path / "b.tsv"
+    rb.append_row(path, {**_row("d", "scllm_full", 0, 0.7, "True"), "ARI": 0.123456789, "semantic_used": True})
+    with path.open() as handle:
+        header = next(csv.reader(handle, delimiter="\t"))
+    assert tuple(header) == rb.COLUMNS
+    (row,) = rb.read_rows(path)
+    assert row["ARI"] == "0.123457" and row["semantic_used"] == "True"
+    assert rb.done_keys([row]) == {("d", "scllm_full", 0)}
+
+
+def test_summary_says_whether_scllm_beats_leiden(rb, tmp_path):
+    rows = [_row("cellbench_5cl_p1", m, s, a, "True" if m.startswith("scllm") else "")
+            for m, aris in (("scllm_full", (0.9, 0.95, 1.0)), ("leiden_r1", (0.971,) * 3), ("kmeans", (0.97,) * 3))
+            for s, a in enumerate(aris)]
+    rows += [_row("other", "scllm_full", 0, 0.5), _row("other", "leiden_r1", 0, 0.4)]
+    md = tmp_path / "benchmark.md"
+    rb.write_markdown(rows, md, "python benchmarks/run_benchmark.py", "seeds 0 1 2")
+    text = md.read_text()
+    assert "| cellbench_5cl_p1 | scllm_full | 3 | 0.950 ± 0.050 |" in text
+    assert "cellbench_5cl_p1: scllm_full mean ARI 0.950 >= leiden_r1 0.971? **no**" in text
+    assert "other: scllm_full mean ARI 0.500 >= leiden_r1 0.400? **yes**" in text
+    assert "| cellbench_5cl_p1 | leiden_r1 | 0,1,2 | 0.971 | 0.971 | +0.000 |" in text
+    assert "python benchmarks/run_benchmark.py" in text and "platform:" in text and "scanpy" in text
+    rb.write_chart(rows, tmp_path / "ari.png")
+    assert (tmp_path / "ari.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_neighbors_workaround_gives_scanpy_graph(rb, monkeypatch):
+    """From 8192 cells scanpy switches to pynndescent, whose csr_array has no ``getnnz`` in scipy >= 1.15.
+
+    The work-around builds the very graph scanpy's default path builds where ``getnnz`` exists.
+    """
+    import anndata as ad
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(6, 10))
+    points = (centres[rng.integers(0, 6, rb.SCANPY_EXACT_KNN_BELOW + 8)] + rng.normal(size=(rb.SCANPY_EXACT_KNN_BELOW + 8, 10)))
+    ours = ad.AnnData(points.astype(np.float32))
+    reference = ours.copy()
+
+    monkeypatch.delattr(sp.csr_array, "getnnz", raising=False)  # as in scipy >= 1.15
+    assert rb.scanpy_neighbors(ours, n_neighbors=15, seed=3).startswith("pynndescent")
+    assert isinstance(ours.obsp["connectivities"], sp.spmatrix | sp.sparray)
+
+    monkeypatch.setattr(sp.csr_array, "getnnz", lambda self, axis=None: np.diff(self.indptr) if axis == 1
+                        else self.nnz, raising=False)  # what older scipy offered
+    sc.pp.neighbors(reference, n_neighbors=15, random_state=3)  # scanpy's own default path
+    for key in ("distances", "connectivities"):
+        assert ours.obsp[key].nnz == reference.obsp[key].nnz
+        assert abs(ours.obsp[key] - reference.obsp[key]).max() == 0
