@@ -171,13 +171,16 @@ def epoch_order(data: MinibatchData, seed: int, phase: int, epoch: int) -> np.nd
     return np.resize(order, need)
 
 
-def make_batch(data: MinibatchData, local_cells: np.ndarray) -> Batch:
+def make_batch(data: MinibatchData, local_cells: np.ndarray, *, with_target: bool = True) -> Batch:
     """Gather the batch's expression rows and CSR row slices and shard them.
 
     Parameters
     ----------
     local_cells
         This process's share of the batch (``local_batch_size`` global ids).
+    with_target
+        Gather the decoder target; ``False`` (embedding passes) leaves it
+        empty, ``(B, 0)``, which skips densifying the expression rows.
     """
     adjacency = data.adjacency
     starts, stops = adjacency.indptr[local_cells], adjacency.indptr[local_cells + 1]
@@ -199,7 +202,8 @@ def make_batch(data: MinibatchData, local_cells: np.ndarray) -> Batch:
     senders = np.concatenate([adjacency.indices[edge_ids], np.zeros(pad, np.int64)]).astype(np.int32)
     receivers = np.concatenate([receivers, np.full(pad, offset + local_cells.size - 1, np.int32)])
     weights = np.concatenate([adjacency.data[edge_ids], np.zeros(pad, np.float32)]).astype(np.float32)
-    target = np.asarray(data.expression[local_cells], dtype=np.float32)
+    target = (np.asarray(data.expression[local_cells], dtype=np.float32) if with_target
+              else np.zeros((local_cells.size, 0), np.float32))
     sharding = jax.sharding.NamedSharding(data.mesh, jax.sharding.PartitionSpec("data"))
 
     def put(local: np.ndarray) -> jax.Array:
@@ -304,7 +308,7 @@ def stream_embed(embed, params, data: MinibatchData) -> tuple[np.ndarray, np.nda
     latent = embedding = None
     for i in range(n_batches):
         rows = order[i * data.local_batch_size:(i + 1) * data.local_batch_size]
-        batch = make_batch(data, rows)
+        batch = make_batch(data, rows, with_target=False)
         z, e = embed(params, data.tables, batch)
         ids, z, e = to_host(batch.cells), to_host(z), to_host(e)
         if latent is None:

@@ -68,7 +68,9 @@ class ScaledExpression:
     """
 
     def __init__(self, log_expression: sp.csr_matrix, mean: np.ndarray, std: np.ndarray):
-        self.log_expression, self.mean, self.std = log_expression, mean, std
+        # float32 scaling: float64 statistics would upcast every densified block.
+        self.log_expression = log_expression
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
     @property
     def shape(self) -> tuple[int, int]:
