@@ -170,11 +170,13 @@ class FitResult:
     params: nnx.State
 
 
-def _record(history: dict[str, list[float]], terms: dict[str, jax.Array], config: ScllmConfig) -> None:
-    values = {name: float(value) for name, value in terms.items()}
-    values["total"] = float(total_loss(terms, config))
+def _record(history: dict[str, list], terms: dict[str, jax.Array], config: ScllmConfig, *,
+            lazy: bool = False) -> None:
+    # lazy: keep device scalars, so the host does not wait for every step (it builds the next batch meanwhile).
+    values = dict(terms)
+    values["total"] = total_loss(terms, config)
     for name, value in values.items():
-        history.setdefault(name, []).append(value)
+        history.setdefault(name, []).append(value if lazy else float(value))
 
 
 def _init_centres(embedding: np.ndarray, n_clusters: int, config: ScllmConfig) -> np.ndarray:
@@ -343,8 +345,9 @@ class _Run:
                 "latent": tables.get("latent", empty), "embedding": tables.get("embedding", empty)}
 
     def save(self) -> None:
+        partial = {name: [float(value) for value in values] for name, values in self.partial.items()}
         meta = {"phase": self.phase, "epoch": self.epoch, "index": self.index, "global_step": self.global_step,
-                "history": self.history, "partial": self.partial, "epochs_run": self.epochs_run,
+                "history": self.history, "partial": partial, "epochs_run": self.epochs_run,
                 "shapes": {name: list(np.shape(value)) for name, value in self._arrays().items()
                            if name in ("target_p", "labels", "latent", "embedding")}, **self.extra_meta}
         self.checkpointer.save(self.global_step, self._arrays(), meta)
@@ -398,7 +401,7 @@ class _Run:
                 if engine.steps_per_epoch == 1:
                     _record(self.history, terms, config)
                 else:
-                    _record(self.partial, terms, config)
+                    _record(self.partial, terms, config, lazy=True)
                 self.index += 1
                 self.global_step += 1
                 if self.index == engine.steps_per_epoch:
@@ -412,7 +415,7 @@ class _Run:
 
     def _end_epoch(self) -> None:
         for name, values in self.partial.items():
-            self.history.setdefault(name, []).append(float(np.mean(values)))
+            self.history.setdefault(name, []).append(float(np.mean([float(value) for value in values])))
         self.partial = {}
         self.epoch, self.index = self.epoch + 1, 0
         self.epochs_run += 1
