@@ -23,7 +23,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 BENCHMARK_TSV = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "benchmark.tsv"
 KERNEL_NAME = "scllm-jax-test"
 CELL_TIMEOUT_S = 600
-NAMES = ["01_quickstart", "02_bring_your_own_data", "03_benchmark"]
+NAMES = ["01_quickstart", "02_bring_your_own_data", "03_benchmark", "04_scale"]
 
 
 @pytest.fixture
@@ -124,3 +124,12 @@ def test_benchmark_without_table_stops_gracefully(kernel_env, monkeypatch):
     notebook = _run("03_benchmark")
     assert "run_benchmark.py" in _text(notebook)
     assert _outputs(notebook, "image/png") == []
+
+
+def test_scale(kernel_env):
+    notebook = _run("04_scale")
+    text = _text(notebook)
+    assert "CpuDevice(id=3)" in text and "CpuDevice(id=4)" not in text  # 4 host devices
+    assert "mini-batch, data-parallel path: True" in text
+    assert "ARI" in text
+    assert len(_outputs(notebook, "image/png")) >= 1  # scaling curve (scaling_cpu.tsv is committed)
