@@ -84,9 +84,11 @@ class ScllmModel:
         start = time.perf_counter()
         self.preprocessor, prepared = Preprocessor.fit(adata, config)
         self.timings["preprocess"] = time.perf_counter() - start
+        logger.info("preprocessed %d cells in %.1f s", prepared.n_cells, self.timings["preprocess"])
         text = self._semantic_view(adata, prepared, progress=progress)
         self.prepared_, self.cell_text_ = prepared, text
         data, self.timings["graph"] = self._training_data(prepared, text, training=True)
+        logger.info("graph and training data in %.1f s", self.timings["graph"])
 
         def choose_n_clusters(embedding: np.ndarray) -> int:
             k = estimate_n_clusters(embedding, n_neighbors=config.n_neighbors,

@@ -378,6 +378,7 @@ class _Run:
         engine, config = self.engine, self.config
         bar = tqdm(total=n_epochs, initial=self.epoch, desc="pre-training" if self.phase == "pretrain"
                    else "clustering", disable=not progress, leave=False)
+        self._epoch_start = time.perf_counter()
         while self.epoch < n_epochs:
             if self.index == 0:
                 if isinstance(engine, _MiniBatch):
@@ -419,6 +420,11 @@ class _Run:
         self.partial = {}
         self.epoch, self.index = self.epoch + 1, 0
         self.epochs_run += 1
+        if self.engine.steps_per_epoch > 1:
+            now = time.perf_counter()
+            logger.info("%s epoch %d: %d steps in %.1f s", self.phase, self.epoch, self.engine.steps_per_epoch,
+                        now - self._epoch_start)
+            self._epoch_start = now
 
 
 def _target_fn(config: ScllmConfig):
