@@ -260,4 +260,5 @@ def _network_skeleton(n_inputs: int, n_genes: int, text_dim: int | None, n_clust
 
     return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.hidden_dims),
                         latent_dim=config.latent_dim, decoder_dims=tuple(config.decoder_dims),
-                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed))
+                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed),
+                        cluster_space=config.cluster_space)

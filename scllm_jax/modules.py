@@ -65,11 +65,14 @@ class ScllmNetwork(nnx.Module):
         Number of Student-t centres.
     hidden_dims, latent_dim, decoder_dims, projection_dim
         Layer widths (see :class:`~scllm_jax.config.ScllmConfig`).
+    cluster_space
+        ``"latent"``: clusters live in ``Z_feat`` (the alignment shapes it
+        through the feature projector); ``"fused"``: in ``(Zt_hat + Zf_hat) / 2``.
     """
 
     def __init__(self, n_inputs: int, n_genes: int, text_dim: int | None, n_clusters: int, *,
                  hidden_dims: tuple[int, ...], latent_dim: int, decoder_dims: tuple[int, ...],
-                 projection_dim: int, rngs: nnx.Rngs):
+                 projection_dim: int, rngs: nnx.Rngs, cluster_space: str = "latent"):
         self.encoder = GCNEncoder(n_inputs, hidden_dims, latent_dim, rngs=rngs)
         self.decoder = MLP((latent_dim, *decoder_dims, n_genes), rngs=rngs)
         self.has_text = text_dim is not None
@@ -77,7 +80,8 @@ class ScllmNetwork(nnx.Module):
             width = 4 * projection_dim
             self.text_projector = MLP((text_dim, width, projection_dim), rngs=rngs)
             self.feature_projector = MLP((latent_dim, width, projection_dim), rngs=rngs)
-        cluster_dim = projection_dim if self.has_text else latent_dim
+        self.fused = self.has_text and cluster_space == "fused"
+        cluster_dim = projection_dim if self.fused else latent_dim
         self.centres = nnx.Param(jnp.zeros((n_clusters, cluster_dim)))
 
     def encode(self, aggregated_input, edges, senders, receivers) -> jax.Array:
@@ -91,8 +95,8 @@ class ScllmNetwork(nnx.Module):
         return l2_normalize(self.text_projector(text)), l2_normalize(self.feature_projector(latent))
 
     def cluster_space(self, latent: jax.Array, text: jax.Array | None) -> jax.Array:
-        """The embedding the clusters live in: ``(Zt_hat + Zf_hat) / 2``, or ``Z_feat`` graph-only."""
-        text_hat, feature_hat = self.project(latent, text)
-        if text_hat is None:
+        """The embedding the clusters live in: ``Z_feat``, or ``(Zt_hat + Zf_hat) / 2`` when fused."""
+        if not self.fused:
             return latent
+        text_hat, feature_hat = self.project(latent, text)
         return 0.5 * (text_hat + feature_hat)

@@ -64,7 +64,7 @@ def build_network(data: TrainingData, n_clusters: int, config: ScllmConfig) -> S
     return ScllmNetwork(data.aggregated_input.shape[1], data.target.shape[1], text_dim, n_clusters,
                         hidden_dims=tuple(config.hidden_dims), latent_dim=config.latent_dim,
                         decoder_dims=tuple(config.decoder_dims), projection_dim=config.projection_dim,
-                        rngs=nnx.Rngs(config.seed))
+                        rngs=nnx.Rngs(config.seed), cluster_space=config.cluster_space)
 
 
 def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | None, key: jax.Array,
@@ -442,7 +442,8 @@ def _network(engine, n_clusters: int, config: ScllmConfig) -> ScllmNetwork:
     n_inputs, n_genes, text_dim = engine.dims()
     return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.hidden_dims),
                         latent_dim=config.latent_dim, decoder_dims=tuple(config.decoder_dims),
-                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed))
+                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed),
+                        cluster_space=config.cluster_space)
 
 
 def _checkpointer(config: ScllmConfig):

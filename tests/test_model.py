@@ -83,3 +83,22 @@ def test_both_targets_train(baron_small, target):
     adata = sj.tl.cluster(baron_small, 4, config=ScllmConfig.tiny(use_semantic=False, target=target),
                           copy=True, progress=False)
     assert cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"] > 0.5
+
+
+@pytest.mark.parametrize("space, width", [("latent", 8), ("fused", 4)])
+def test_cluster_space_switch(space, width):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from scllm_jax.modules import ScllmNetwork
+
+    network = ScllmNetwork(6, 5, 3, 2, hidden_dims=(7,), latent_dim=8, decoder_dims=(), projection_dim=4,
+                           rngs=nnx.Rngs(0), cluster_space=space)
+    latent, text = jnp.ones((10, 8)), jnp.ones((10, 3))
+    assert network.centres[...].shape == (2, width)
+    embedding = network.cluster_space(latent, text)
+    assert embedding.shape == (10, width)
+    if space == "latent":
+        assert bool(jnp.all(embedding == latent))
+    with pytest.raises(ValueError, match="cluster_space"):
+        ScllmConfig(cluster_space="projections")
