@@ -30,6 +30,13 @@ COLUMNS = ["n_cells", "n_genes", "n_clusters", "device", "jax_devices", "mode", 
            "s_per_epoch", "fit_s", "total_s", "peak_rss_gb", "ari", "nmi"]
 
 
+def write_atlas(path: str, n_cells: int, n_genes: int, n_clusters: int, seed: int) -> None:
+    """Generate a synthetic atlas and write it to ``path`` (run in its own process)."""
+    from scllm_jax.synthetic import synthetic_atlas
+
+    synthetic_atlas(n_cells, n_genes, n_clusters, seed=seed).write_h5ad(path)
+
+
 def run_one(args: argparse.Namespace) -> dict:
     """Generate, fit and score one size (in this process)."""
     import jax
@@ -46,9 +53,26 @@ def run_one(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     n = args.single
     start = time.perf_counter()
-    adata = synthetic_atlas(n, args.n_genes, args.n_clusters, seed=args.seed)
+    if args.backed:
+        # Out-of-core input: another process writes the atlas to .h5ad, so this process's peak RSS
+        # is the fit's from the file opened backed, never the whole matrix.
+        import multiprocessing
+        import tempfile
+
+        import anndata as ad
+
+        path = Path(tempfile.mkdtemp()) / "atlas.h5ad"
+        writer = multiprocessing.get_context("spawn").Process(
+            target=write_atlas, args=(str(path), n, args.n_genes, args.n_clusters, args.seed))
+        writer.start()
+        writer.join()
+        if writer.exitcode != 0:
+            raise RuntimeError(f"writing the synthetic atlas failed (exit code {writer.exitcode})")
+        adata = ad.read_h5ad(path, backed="r")
+    else:
+        adata = synthetic_atlas(n, args.n_genes, args.n_clusters, seed=args.seed)
     generate_s = time.perf_counter() - start
-    logging.info("generated %d cells in %.1f s", n, generate_s)
+    logging.info("generated %d cells in %.1f s%s", n, generate_s, " (written, opened backed)" if args.backed else "")
     changes = dict(seed=args.seed, minibatch_pretrain_epochs=args.minibatch_epochs[0],
                    minibatch_cluster_epochs=args.minibatch_epochs[1], kmeans_n_init=args.kmeans_n_init)
     if args.mode == "minibatch":
@@ -66,7 +90,7 @@ def run_one(args: argparse.Namespace) -> dict:
     truth = adata.obs["cell_type"].cat.codes.to_numpy()
     return {"n_cells": n, "n_genes": args.n_genes, "n_clusters": args.n_clusters, "device": args.device_label,
             "jax_devices": f"{jax.device_count()}x{jax.devices()[0].platform}",
-            "mode": "minibatch" if minibatch else "full", "semantic": "path1" if args.semantic else "off",
+            "mode": ("minibatch" if minibatch else "full") + ("+backed" if args.backed else ""), "semantic": "path1" if args.semantic else "off",
             "generate_s": round(generate_s, 2), "preprocess_s": round(model.timings["preprocess"], 2),
             "graph_s": round(model.timings["graph"], 2), "semantic_s": round(model.timings.get("semantic", 0.0), 2),
             "pretrain_epochs": result.pretrain_epochs, "cluster_epochs": result.cluster_epochs,
@@ -92,6 +116,8 @@ def main() -> None:
     parser.add_argument("--minibatch-epochs", type=int, nargs=2, default=[5, 5], metavar=("PRETRAIN", "CLUSTER"))
     parser.add_argument("--kmeans-n-init", type=int, default=4)
     parser.add_argument("--semantic", action="store_true", help="semantic view, path 1 only")
+    parser.add_argument("--backed", action="store_true",
+                        help="fit from the atlas written to .h5ad and opened backed (out-of-core input)")
     parser.add_argument("--single", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single is not None:
@@ -103,7 +129,8 @@ def main() -> None:
         command = [sys.executable, __file__, "--single", str(n), "--device-label", args.device_label,
                    "--n-genes", str(args.n_genes), "--n-clusters", str(args.n_clusters), "--seed", str(args.seed),
                    "--mode", args.mode, "--minibatch-epochs", *map(str, args.minibatch_epochs),
-                   "--kmeans-n-init", str(args.kmeans_n_init)] + (["--semantic"] if args.semantic else [])
+                   "--kmeans-n-init", str(args.kmeans_n_init)] + (["--semantic"] if args.semantic else []) \
+            + (["--backed"] if args.backed else [])
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr: the child's progress
         if done.returncode != 0:
             print(f"n_cells={n} failed (exit status {done.returncode}); its log is above", file=sys.stderr)

@@ -17,9 +17,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .config import ScllmConfig
-from .validation import InputError, check_counts, matrix_of
+from .validation import InputError, check_counts, check_counts_in_chunks, matrix_of, row_chunks
 
 _SCALE_CLIP = 10.0
+#: Cells read from a backed file at a time (memory: this many rows of the sparse matrix).
+_CHUNK_CELLS = 20_000
 
 
 @dataclasses.dataclass
@@ -116,6 +118,12 @@ def _highly_variable(log_expression: sp.csr_matrix, n_top: int) -> np.ndarray:
     counts.data = np.expm1(counts.data)
     mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
     mean_sq = np.asarray(counts.multiply(counts).mean(axis=0), dtype=np.float64).ravel()
+    return _top_dispersed(mean, mean_sq, n_cells, n_top)
+
+
+def _top_dispersed(mean: np.ndarray, mean_sq: np.ndarray, n_cells: int, n_top: int) -> np.ndarray:
+    """The seurat-flavour choice of :func:`_highly_variable` from per-gene moments of the de-logged data."""
+    mean = mean.copy()
     var = (mean_sq - mean ** 2) * n_cells / max(n_cells - 1, 1)
     mean[mean == 0] = 1e-12
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -179,6 +187,8 @@ class Preprocessor:
         -------
         (Preprocessor, PreparedData)
         """
+        if getattr(adata, "isbacked", False):
+            return cls._fit_streaming(adata, config)
         is_counts = check_counts(adata)
         matrix = sp.csr_matrix(matrix_of(adata), dtype=np.float32)
         cells_per_gene = np.asarray((matrix > 0).sum(axis=0)).ravel()
@@ -208,6 +218,49 @@ class Preprocessor:
                     pca_components=components)
         return state, PreparedData(sp.csr_matrix(log_expression[:, hvg]), state.hvg_names, scaled,
                                    state._project(scaled))
+
+    @classmethod
+    def _fit_streaming(cls, adata: ad.AnnData, config: ScllmConfig) -> tuple["Preprocessor", PreparedData]:
+        """:meth:`fit` for a backed ``.h5ad``: ``X`` is read from disk in chunks of cells, never whole.
+
+        Three passes over the file (validation and cells per gene; moments of
+        the normalised expression for the variable genes; the variable genes'
+        log expression), then scaling and PCA as at atlas scale. Memory holds
+        only the variable genes' sparse log expression (cells x
+        ``n_top_genes``) and per-gene sums.
+        """
+        n_cells, n_genes = adata.shape
+        is_counts = check_counts_in_chunks(adata, _CHUNK_CELLS)
+        cells_per_gene = np.zeros(n_genes, np.int64)
+        for _, chunk in row_chunks(adata, _CHUNK_CELLS):
+            cells_per_gene += np.bincount(chunk.indices[chunk.data > 0], minlength=n_genes)
+        keep = cells_per_gene >= min(config.min_cells_per_gene, max(1, n_cells // 2))
+        if keep.sum() < 2:
+            raise InputError(f"Only {int(keep.sum())} genes are expressed in at least "
+                             f"{config.min_cells_per_gene} cells; the data is too sparse to cluster.")
+        kept = np.flatnonzero(keep)
+        gene_names = np.asarray(adata.var_names, dtype=object)[keep]
+
+        def log_chunks():
+            for start, chunk in row_chunks(adata, _CHUNK_CELLS):
+                yield _log_normalise(sp.csr_matrix(chunk[:, kept]), is_counts, config.target_sum)
+
+        if kept.size <= config.n_top_genes:
+            hvg = np.arange(kept.size)
+        else:
+            total, total_sq = np.zeros(kept.size), np.zeros(kept.size)
+            for log in log_chunks():
+                counts = log.copy()
+                counts.data = np.expm1(counts.data).astype(np.float64)
+                total += np.asarray(counts.sum(axis=0)).ravel()
+                total_sq += np.asarray(counts.multiply(counts).sum(axis=0)).ravel()
+            hvg = _top_dispersed(total / n_cells, total_sq / n_cells, n_cells, config.n_top_genes)
+        log_hvg = sp.vstack([log[:, hvg] for log in log_chunks()], format="csr", dtype=np.float32)
+        if min(n_cells - 1, hvg.size - 1) < 2:
+            cells = "1 cell" if n_cells == 1 else f"{n_cells} cells"
+            raise InputError(f"{cells} x {hvg.size} genes is too small to cluster; "
+                             "at least 3 cells and 3 variable genes are needed.")
+        return cls._fit_in_blocks(gene_names, is_counts, log_hvg, hvg, config)
 
     @classmethod
     def _fit_in_blocks(cls, gene_names: np.ndarray, is_counts: bool, log_hvg: sp.csr_matrix, hvg: np.ndarray,

@@ -57,16 +57,65 @@ def check_counts(adata: ad.AnnData) -> bool:
     n_cells, n_genes = adata.shape
     if n_cells == 0 or n_genes == 0:
         raise InputError(f"The data has {n_cells} cells and {n_genes} genes; nothing to cluster.")
+    _check_unique_names(adata)
+    matrix = matrix_of(adata)
+    _check_dtype(matrix.dtype)
+    values = _values(matrix)
+    _check_values(values)
+    _check_totals(np.asarray(matrix.sum(axis=1)).ravel())
+    is_counts = bool(np.all(values == np.round(values)))
+    _warn_if_not_counts(is_counts, float(values.max()) if values.size else 0.0)
+    return is_counts
+
+
+def row_chunks(adata: ad.AnnData, size: int):
+    """``(start, CSR float32 rows)`` of ``adata.X`` in consecutive chunks, read from disk when backed."""
+    if adata.X is None:
+        raise InputError("The AnnData has no X matrix; put the cells x genes counts in adata.X.")
+    for start in range(0, adata.n_obs, size):
+        chunk = adata.X[start:start + size]
+        if hasattr(chunk, "to_memory"):
+            chunk = chunk.to_memory()
+        if not sp.issparse(chunk):
+            chunk = np.asarray(chunk)
+        _check_dtype(chunk.dtype)
+        yield start, sp.csr_matrix(chunk, dtype=np.float32)
+
+
+def check_counts_in_chunks(adata: ad.AnnData, size: int) -> bool:
+    """:func:`check_counts` for data read chunk by chunk (backed ``.h5ad``): same checks, same errors."""
+    n_cells, n_genes = adata.shape
+    if n_cells == 0 or n_genes == 0:
+        raise InputError(f"The data has {n_cells} cells and {n_genes} genes; nothing to cluster.")
+    _check_unique_names(adata)
+    dtype = adata.X.dtype if hasattr(adata.X, "dtype") else None
+    if dtype is not None:
+        _check_dtype(dtype)
+    is_counts, largest = True, 0.0
+    for _, chunk in row_chunks(adata, size):
+        _check_values(chunk.data)
+        _check_totals(np.asarray(chunk.sum(axis=1)).ravel())
+        is_counts = is_counts and bool(np.all(chunk.data == np.round(chunk.data)))
+        largest = max(largest, float(chunk.data.max()) if chunk.nnz else 0.0)
+    _warn_if_not_counts(is_counts, largest)
+    return is_counts
+
+
+def _check_unique_names(adata: ad.AnnData) -> None:
     names = pd.Index(map(str, adata.var_names))
     if not names.is_unique:
         repeated = list(dict.fromkeys(names[names.duplicated()]))
         raise InputError(f"Gene names are not unique ({len(repeated)} repeated, e.g. {repeated[:3]}); "
                          "call adata.var_names_make_unique() first.")
-    matrix = matrix_of(adata)
-    if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
-        raise InputError(f"The expression matrix has dtype {matrix.dtype}, not numbers; "
+
+
+def _check_dtype(dtype) -> None:
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"The expression matrix has dtype {dtype}, not numbers; "
                          "store raw counts as integers or floats in adata.X.")
-    values = _values(matrix)
+
+
+def _check_values(values: np.ndarray) -> None:
     if values.dtype == np.bool_:
         values = values.astype(np.float32)
     if not np.all(np.isfinite(values)):
@@ -77,22 +126,26 @@ def check_counts(adata: ad.AnnData) -> bool:
     if values.size and values.min() < 0:
         raise InputError("The expression matrix has negative values (scaled or centred data?); "
                          "pass raw counts in adata.X (or adata.layers['counts']).")
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
+
+
+def _check_totals(totals: np.ndarray) -> None:
     n_empty = int(np.sum(totals <= 0))
     if n_empty:
         which = "1 cell has" if n_empty == 1 else f"{n_empty} cells have"
         raise InputError(f"{which} no counts at all; drop them first, e.g. "
                          "sc.pp.filter_cells(adata, min_counts=1).")
-    is_counts = bool(np.all(values == np.round(values)))
-    if not is_counts:
-        if values.size and values.max() < 30:
-            warnings.warn("adata.X holds non-integer values below 30: this looks like log-normalised "
-                          "data, not counts. It is used as given (no further normalisation); pass raw "
-                          "counts for the intended preprocessing.", UserWarning, stacklevel=2)
-        else:
-            warnings.warn("adata.X holds non-integer values; treating them as normalised expression "
-                          "(pass raw counts for the intended preprocessing).", UserWarning, stacklevel=2)
-    return is_counts
+
+
+def _warn_if_not_counts(is_counts: bool, largest: float) -> None:
+    if is_counts:
+        return
+    if largest < 30:
+        warnings.warn("adata.X holds non-integer values below 30: this looks like log-normalised "
+                      "data, not counts. It is used as given (no further normalisation); pass raw "
+                      "counts for the intended preprocessing.", UserWarning, stacklevel=3)
+    else:
+        warnings.warn("adata.X holds non-integer values; treating them as normalised expression "
+                      "(pass raw counts for the intended preprocessing).", UserWarning, stacklevel=3)
 
 
 def check_n_clusters(n_clusters: int | None, n_cells: int) -> None:

@@ -289,7 +289,7 @@ def test_anndata_saved_as_h5_is_read(counts, tmp_path):
     assert loaded.shape == counts.shape and list(loaded.var_names) == list(counts.var_names)
 
 
-def test_backed_h5ad_is_loaded_into_memory_and_clustered(counts, tmp_path):
+def test_backed_h5ad_is_clustered_from_disk(counts, tmp_path):
     path = tmp_path / "backed.h5ad"
     counts.write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
