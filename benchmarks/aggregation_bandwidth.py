@@ -24,10 +24,11 @@ Example
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
+
+from tsv_rows import append_row
 
 #: Peak memory bandwidth (GB/s) of cards we know, by a fragment of ``device_kind``.
 KNOWN_PEAK_GBS = {"H200": 4800.0, "H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H100": 3350.0,
@@ -96,13 +97,7 @@ def main() -> None:
         row = measure(n_cells, args.neighbours, args.features, args.repeats)
         row.update(device=kind, peak_gbs=peak if peak is not None else "",
                    fraction_of_peak=round(row["achieved_gbs"] / peak, 3) if peak else "")
-        new = not out.exists()
-        with out.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        print("\t".join(str(row[c]) for c in COLUMNS), flush=True)
+        append_row(out, COLUMNS, row)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ Example
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
 import tempfile
 import time
 from pathlib import Path
+
+from tsv_rows import append_row
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -101,13 +102,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         row = measure(args.data_dir / f"{name}.h5ad")
-        new = not args.out.exists()
-        with args.out.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        print("\t".join(str(row[c]) for c in COLUMNS), flush=True)
+        append_row(args.out, COLUMNS, row)
 
 
 if __name__ == "__main__":

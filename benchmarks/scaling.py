@@ -16,7 +16,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import resource
@@ -24,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tsv_rows import append_row
 
 COLUMNS = ["n_cells", "n_genes", "n_clusters", "device", "jax_devices", "mode", "semantic", "generate_s",
            "preprocess_s", "graph_s", "semantic_s", "pretrain_epochs", "cluster_epochs", "steps_per_epoch",
@@ -136,13 +137,7 @@ def main() -> None:
             print(f"n_cells={n} failed (exit status {done.returncode}); its log is above", file=sys.stderr)
             continue
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        new = not out.exists()
-        with out.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        print("\t".join(str(row[c]) for c in COLUMNS), flush=True)
+        append_row(out, COLUMNS, row)
 
 
 if __name__ == "__main__":
