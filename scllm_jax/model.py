@@ -241,7 +241,7 @@ class ScllmModel:
                 model._gene_embeddings = dict(arrays)
         n_inputs = model.preprocessor.pca_components.shape[0]
         n_genes = len(model.preprocessor.hvg_names)
-        network = _network_skeleton(n_inputs, n_genes, model._text_dim, model.n_clusters, model.config)
+        network = build_network(n_inputs, n_genes, model._text_dim, model.n_clusters, model.config)
         graphdef, params = nnx.split(network, nnx.Param)
         with np.load(path / "params.npz", allow_pickle=False) as stored:
             for key, variable in nnx.to_flat_state(params):
@@ -253,12 +253,3 @@ class ScllmModel:
         model._graphdef, model._params = graphdef, params
         return model
 
-
-def _network_skeleton(n_inputs: int, n_genes: int, text_dim: int | None, n_clusters: int,
-                      config: ScllmConfig):
-    from .modules import ScllmNetwork
-
-    return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.hidden_dims),
-                        latent_dim=config.latent_dim, decoder_dims=tuple(config.decoder_dims),
-                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed),
-                        cluster_space=config.cluster_space)

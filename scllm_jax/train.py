@@ -58,13 +58,13 @@ def training_data(features: np.ndarray, target: np.ndarray, graph: jraph.GraphsT
                         None if text is None else jnp.asarray(text, dtype=jnp.float32))
 
 
-def build_network(data: TrainingData, n_clusters: int, config: ScllmConfig) -> ScllmNetwork:
-    """The network sized for ``data``, initialised from ``config.seed``."""
-    text_dim = None if data.text is None else data.text.shape[1]
-    return ScllmNetwork(data.aggregated_input.shape[1], data.target.shape[1], text_dim, n_clusters,
-                        hidden_dims=tuple(config.hidden_dims), latent_dim=config.latent_dim,
-                        decoder_dims=tuple(config.decoder_dims), projection_dim=config.projection_dim,
-                        rngs=nnx.Rngs(config.seed), cluster_space=config.cluster_space)
+def build_network(n_inputs: int, n_genes: int, text_dim: int | None, n_clusters: int,
+                  config: ScllmConfig) -> ScllmNetwork:
+    """The network for these widths (``text_dim=None``: graph only), initialised from ``config.seed``."""
+    return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.hidden_dims),
+                        latent_dim=config.latent_dim, decoder_dims=tuple(config.decoder_dims),
+                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed),
+                        cluster_space=config.cluster_space)
 
 
 def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | None, key: jax.Array,
@@ -381,8 +381,7 @@ class _Run:
         self._epoch_start = time.perf_counter()
         while self.epoch < n_epochs:
             if self.index == 0:
-                if isinstance(engine, _MiniBatch):
-                    engine.begin_epoch(self.params)
+                engine.begin_epoch(self.params)
                 if refresh_every is not None and self.epoch % refresh_every == 0:
                     assignment = engine.assign(self.params)
                     self.target_p = engine.set_target(make_target(assignment))
@@ -438,14 +437,6 @@ def _phase_epochs(engine, config: ScllmConfig) -> tuple[int, int, int]:
     return config.pretrain_epochs, config.cluster_epochs, config.update_interval
 
 
-def _network(engine, n_clusters: int, config: ScllmConfig) -> ScllmNetwork:
-    n_inputs, n_genes, text_dim = engine.dims()
-    return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.hidden_dims),
-                        latent_dim=config.latent_dim, decoder_dims=tuple(config.decoder_dims),
-                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed),
-                        cluster_space=config.cluster_space)
-
-
 def _checkpointer(config: ScllmConfig):
     if config.checkpoint_dir is None:
         return None
@@ -471,7 +462,7 @@ def pretrain(data, config: ScllmConfig, *, progress: bool = True):
 
 def _pretrain_run(engine, config: ScllmConfig, checkpointer, *, progress: bool, resume: dict | None = None,
                   on_step=None) -> _Run:
-    graphdef, params = nnx.split(_network(engine, 1, config), nnx.Param)
+    graphdef, params = nnx.split(build_network(*engine.dims(), 1, config), nnx.Param)
     optimizer = optax.adam(config.learning_rate)
     params = engine.place(params)
     opt_state = optimizer.init(params)
@@ -576,7 +567,7 @@ def fit_network(data, config: ScllmConfig, n_clusters: int | None = None, *, cho
             n_clusters = int(choose_n_clusters(engine.embed_all(params)[1]))
         resume = None
     else:
-        graphdef, params = nnx.split(_network(engine, 1, config), nnx.Param)
+        graphdef, params = nnx.split(build_network(*engine.dims(), 1, config), nnx.Param)
         pretrain_history, pretrain_seconds = meta["pretrain_history"], meta["seconds"]
         n_clusters, global_step, resume = meta["n_clusters"], meta["global_step"], meta
     extra = {"pretrain_history": pretrain_history, "seconds": pretrain_seconds, "n_clusters": int(n_clusters)}
