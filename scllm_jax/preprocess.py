@@ -229,11 +229,8 @@ class Preprocessor:
         only the variable genes' sparse log expression (cells x
         ``n_top_genes``) and per-gene sums.
         """
-        n_cells, n_genes = adata.shape
-        is_counts = check_counts_in_chunks(adata, _CHUNK_CELLS)
-        cells_per_gene = np.zeros(n_genes, np.int64)
-        for _, chunk in row_chunks(adata, _CHUNK_CELLS):
-            cells_per_gene += np.bincount(chunk.indices[chunk.data > 0], minlength=n_genes)
+        n_cells = adata.n_obs
+        is_counts, cells_per_gene = check_counts_in_chunks(adata, _CHUNK_CELLS)
         keep = cells_per_gene >= min(config.min_cells_per_gene, max(1, n_cells // 2))
         if keep.sum() < 2:
             raise InputError(f"Only {int(keep.sum())} genes are expressed in at least "
@@ -242,7 +239,7 @@ class Preprocessor:
         gene_names = np.asarray(adata.var_names, dtype=object)[keep]
 
         def log_chunks():
-            for start, chunk in row_chunks(adata, _CHUNK_CELLS):
+            for _, chunk in row_chunks(adata, _CHUNK_CELLS):
                 yield _log_normalise(sp.csr_matrix(chunk[:, kept]), is_counts, config.target_sum)
 
         if kept.size <= config.n_top_genes:

@@ -82,8 +82,15 @@ def row_chunks(adata: ad.AnnData, size: int):
         yield start, sp.csr_matrix(chunk, dtype=np.float32)
 
 
-def check_counts_in_chunks(adata: ad.AnnData, size: int) -> bool:
-    """:func:`check_counts` for data read chunk by chunk (backed ``.h5ad``): same checks, same errors."""
+def check_counts_in_chunks(adata: ad.AnnData, size: int) -> tuple[bool, np.ndarray]:
+    """:func:`check_counts` for data read chunk by chunk (backed ``.h5ad``): same checks, same errors.
+
+    Returns
+    -------
+    (bool, numpy.ndarray)
+        Whether the data holds raw counts, and the number of cells expressing
+        each gene, counted in the same pass so the file is read once for both.
+    """
     n_cells, n_genes = adata.shape
     if n_cells == 0 or n_genes == 0:
         raise InputError(f"The data has {n_cells} cells and {n_genes} genes; nothing to cluster.")
@@ -92,13 +99,15 @@ def check_counts_in_chunks(adata: ad.AnnData, size: int) -> bool:
     if dtype is not None:
         _check_dtype(dtype)
     is_counts, largest = True, 0.0
+    cells_per_gene = np.zeros(n_genes, np.int64)
     for _, chunk in row_chunks(adata, size):
         _check_values(chunk.data)
         _check_totals(np.asarray(chunk.sum(axis=1)).ravel())
         is_counts = is_counts and bool(np.all(chunk.data == np.round(chunk.data)))
         largest = max(largest, float(chunk.data.max()) if chunk.nnz else 0.0)
+        cells_per_gene += np.bincount(chunk.indices[chunk.data > 0], minlength=n_genes)
     _warn_if_not_counts(is_counts, largest)
-    return is_counts
+    return is_counts, cells_per_gene
 
 
 def _check_unique_names(adata: ad.AnnData) -> None:
