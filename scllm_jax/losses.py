@@ -34,12 +34,21 @@ def ncut_loss(latent: jax.Array, edges: jax.Array, senders: jax.Array, receivers
     eta
         Weight of the orthogonality term.
     """
-    n_cells, width = latent.shape
-    unit = latent / jnp.sqrt(jnp.sum(latent * latent, axis=1, keepdims=True) + 1e-8)
-    smoothness = jnp.sum(edges * jnp.sum(unit[senders] * unit[receivers], axis=1)) / n_cells
+    unit = unit_rows(latent)
+    smoothness = jnp.sum(edges * jnp.sum(unit[senders] * unit[receivers], axis=1)) / latent.shape[0]
+    return -smoothness + eta * direction_orthogonality(unit)
+
+
+def unit_rows(latent: jax.Array) -> jax.Array:
+    """Each row scaled to unit length (its direction)."""
+    return latent / jnp.sqrt(jnp.sum(latent * latent, axis=1, keepdims=True) + 1e-8)
+
+
+def direction_orthogonality(unit: jax.Array) -> jax.Array:
+    """``mean((d U^T U / N - I)^2)`` of unit rows ``U`` (N x d): the ncut's spread-out constraint."""
+    n_cells, width = unit.shape
     gram = width * (unit.T @ unit) / n_cells
-    orthogonality = jnp.mean(jnp.square(gram - jnp.eye(width, dtype=latent.dtype)))
-    return -smoothness + eta * orthogonality
+    return jnp.mean(jnp.square(gram - jnp.eye(width, dtype=unit.dtype)))
 
 
 def infonce_loss(text: jax.Array, feature: jax.Array, temperature: float) -> jax.Array:

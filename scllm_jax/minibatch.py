@@ -34,7 +34,8 @@ from jax.sharding import Mesh
 
 from .assignment import student_t_assign
 from .config import ScllmConfig
-from .losses import alignment_loss, kl_clustering_loss, reconstruction_loss
+from .losses import (alignment_loss, direction_orthogonality, kl_clustering_loss, reconstruction_loss,
+                     unit_rows)
 from .parallel import agree_max, process_rows, put_global_rows, put_rows, replicated, to_host
 
 
@@ -228,10 +229,6 @@ def encode_batch(network, tables: Tables, batch: Batch) -> jax.Array:
             + layers[1].bias[...])
 
 
-def _unit(x: jax.Array) -> jax.Array:
-    return x / jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True) + 1e-8)
-
-
 def batch_ncut_loss(latent: jax.Array, tables: Tables, batch: Batch, eta: float) -> jax.Array:
     """The ncut term of :func:`~scllm_jax.losses.ncut_loss` estimated on one batch.
 
@@ -239,14 +236,11 @@ def batch_ncut_loss(latent: jax.Array, tables: Tables, batch: Batch, eta: float)
     from the latent table; the gradient is doubled because on the full graph
     each edge moves both of its ends. Orthogonality on the batch's Gram matrix.
     """
-    n_batch, width = latent.shape
-    unit = _unit(latent)
-    neighbours = jax.lax.stop_gradient(_unit(tables.latent[batch.senders]))
-    estimate = jnp.sum(batch.weights * jnp.sum(unit[batch.receivers] * neighbours, axis=1)) / n_batch
+    unit = unit_rows(latent)
+    neighbours = jax.lax.stop_gradient(unit_rows(tables.latent[batch.senders]))
+    estimate = jnp.sum(batch.weights * jnp.sum(unit[batch.receivers] * neighbours, axis=1)) / latent.shape[0]
     smoothness = 2.0 * estimate - jax.lax.stop_gradient(estimate)
-    gram = width * (unit.T @ unit) / n_batch
-    orthogonality = jnp.mean(jnp.square(gram - jnp.eye(width, dtype=latent.dtype)))
-    return -smoothness + eta * orthogonality
+    return -smoothness + eta * direction_orthogonality(unit)
 
 
 def minibatch_loss_terms(network, tables: Tables, batch: Batch, config: ScllmConfig) -> dict[str, jax.Array]:
