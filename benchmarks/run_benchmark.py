@@ -428,42 +428,17 @@ def write_markdown(rows: list[dict], path: Path, command: str, seeds_note: str) 
 
 
 def write_chart(rows: list[dict], path: Path) -> None:
+    """ARI per dataset and method (mean ± std over seeds) as PNG, drawn by :func:`scllm_jax.pl.benchmark_bars`."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    from scllm_jax.pl import benchmark_bars
 
-    frame, table = summarise(rows)
-    datasets = sorted(frame["dataset"].unique())
-    methods = method_order(frame["method"].unique())
-    width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(datasets) + 2), 4.6))
-    colours = plt.get_cmap("tab10")
-    for i, method in enumerate(methods):
-        xs, means, stds = [], [], []
-        for j, dataset in enumerate(datasets):
-            if (dataset, method) in table.index:
-                xs.append(j - 0.4 + width * (i + 0.5))
-                means.append(float(table.loc[(dataset, method), "ARI_mean"]))
-                std = float(table.loc[(dataset, method), "ARI_std"])
-                stds.append(0.0 if std != std else std)
-        if xs:
-            ax.bar(xs, means, width * 0.92, yerr=stds, capsize=2, label=method, color=colours(i % 10),
-                   error_kw={"elinewidth": 0.8})
-    ax.set_xticks(np.arange(len(datasets)))
-    ax.set_xticklabels(datasets, rotation=15, ha="right")
-    ax.set_ylabel("ARI (mean ± std over seeds)")
-    ax.set_ylim(0, 1.05)
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.grid(axis="y", linewidth=0.3, alpha=0.6)
-    ax.set_axisbelow(True)
-    ax.legend(fontsize=8, ncol=min(4, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.22),
-              frameon=False)
-    ax.set_title("Adjusted Rand index per dataset and method")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    frame, _ = summarise(rows)
+    # benchmark_bars keeps the order of first appearance: methods ours-first, then datasets by name.
+    rank = {method: i for i, method in enumerate(method_order(frame["method"].unique()))}
+    ordered = frame.assign(_rank=frame["method"].map(rank)).sort_values(["_rank", "dataset"], kind="stable")
+    benchmark_bars(ordered, "ARI", path=path)
 
 
 # ----------------------------------------------------------------------------- main
