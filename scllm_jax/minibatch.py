@@ -36,7 +36,7 @@ from .assignment import student_t_assign
 from .config import ScllmConfig
 from .losses import (alignment_loss, direction_orthogonality, kl_clustering_loss, reconstruction_loss,
                      unit_rows)
-from .parallel import agree_max, process_rows, put_global_rows, put_rows, replicated, to_host
+from .parallel import agree_max, process_rows, put_global_rows, put_rows, replicated, row_sharded, to_host
 
 
 class Tables(NamedTuple):
@@ -205,7 +205,7 @@ def make_batch(data: MinibatchData, local_cells: np.ndarray, *, with_target: boo
     weights = np.concatenate([adjacency.data[edge_ids], np.zeros(pad, np.float32)]).astype(np.float32)
     target = (np.asarray(data.expression[local_cells], dtype=np.float32) if with_target
               else np.zeros((local_cells.size, 0), np.float32))
-    sharding = jax.sharding.NamedSharding(data.mesh, jax.sharding.PartitionSpec("data"))
+    sharding = row_sharded(data.mesh)
 
     def put(local: np.ndarray) -> jax.Array:
         shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
