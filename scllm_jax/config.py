@@ -89,7 +89,8 @@ class ScllmConfig:
         single cells apart (instance-level InfoNCE), and, as with SimCLR's
         projection heads, they lose the structure shared by a cell type: on
         cellbench_5cl_p1 k-means finds the cell lines in the pre-trained
-        ``Z_feat`` (ARI 0.97) but not in the projections (0.08 to 0.18). With
+        ``Z_feat`` (ARI 0.97) but not in the projections (0.08 to 0.18; one
+        exploratory fit, seed 0). With
         ``"latent"`` and ``use_infonce=False`` the semantic view has no effect.
     top_k_genes
         Genes per cell summed in path 1.
