@@ -46,7 +46,7 @@ def _row(dataset, method, seed, ari, semantic=""):
             "peak_memory_gb": "0.4", "semantic_used": semantic, "genes_matched_fraction": ""}
 
 
-def test_plan_runs_ablations_only_with_gene_symbols(rb, data_dir, tmp_path, baron):
+def test_plan_runs_semantic_ablations_only_with_gene_symbols(rb, data_dir, tmp_path, baron):
     jobs, skipped = rb.plan(data_dir, None, list(rb.ALL_METHODS), [0, 1], ablations=True)
     assert len(jobs) == len(rb.ALL_METHODS) * 2 and not skipped
     jobs, _ = rb.plan(data_dir, None, list(rb.ALL_METHODS), [0], ablations=False)
@@ -57,7 +57,8 @@ def test_plan_runs_ablations_only_with_gene_symbols(rb, data_dir, tmp_path, baro
     small.uns["gene_symbols"] = False
     small.write_h5ad(no_symbols / "anon.h5ad")
     jobs, skipped = rb.plan(no_symbols, None, list(rb.ALL_METHODS), [0], ablations=True)
-    assert {j["method"] for j in jobs} == {"scllm_full", "leiden_r1", "kmeans"}
+    # The structural ablation does not need gene symbols; the semantic ones are skipped, each said.
+    assert {j["method"] for j in jobs} == {"scllm_full", "leiden_r1", "kmeans", *rb.STRUCTURAL_ABLATIONS}
     assert len(skipped) == len(rb.ABLATIONS)
     with pytest.raises(SystemExit, match="Unknown datasets"):
         rb.plan(data_dir, ["nope"], ["kmeans"], [0], ablations=True)
