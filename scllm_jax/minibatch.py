@@ -32,10 +32,9 @@ import scipy.sparse as sp
 from flax import nnx
 from jax.sharding import Mesh
 
-from .assignment import student_t_assign
 from .config import ScllmConfig
-from .losses import (alignment_loss, direction_orthogonality, kl_clustering_loss, reconstruction_loss,
-                     unit_rows)
+from .losses import direction_orthogonality, reconstruction_loss, unit_rows
+from .objective import alignment_term, clustering_term, total_loss
 from .parallel import agree_max, process_rows, put_global_rows, put_rows, replicated, row_sharded, to_host
 
 
@@ -250,12 +249,9 @@ def minibatch_loss_terms(network, tables: Tables, batch: Batch, config: ScllmCon
              "ncut": batch_ncut_loss(latent, tables, batch, config.ncut_eta)}
     text = None if tables.text is None else tables.text[batch.cells]
     if network.has_text and config.use_infonce:
-        text_hat, feature_hat = network.project(latent, text)
-        terms["align"] = alignment_loss(text_hat, feature_hat, config.temperature, config.variance_weight)
+        terms["align"] = alignment_term(network, latent, text, config)
     if tables.target_p is not None:
-        embedding = network.cluster_space(latent, text)
-        assignment = student_t_assign(embedding, network.centres[...], config.alpha)
-        terms["kl"] = kl_clustering_loss(tables.target_p[batch.cells], assignment)
+        terms["kl"] = clustering_term(network, latent, text, tables.target_p[batch.cells], config)
     return terms
 
 
@@ -266,7 +262,6 @@ def make_minibatch_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransfo
     Inputs arrive sharded (batch and tables by cells, parameters replicated);
     the outputs are pinned replicated, so the compiler all-reduces the gradients.
     """
-    from .train import total_loss
 
     def step(params, opt_state, tables, batch):
         def objective(params):

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from .assignment import dec_target, sinkhorn_target, student_t_assign
 from .config import ScllmConfig
 from .graph import propagate
-from .losses import alignment_loss, kl_clustering_loss, ncut_loss, reconstruction_loss
+from .losses import ncut_loss, reconstruction_loss
 from .modules import ScllmNetwork
+from .objective import alignment_term, clustering_term, total_loss
 
 logger = logging.getLogger(__name__)
 
@@ -87,23 +88,14 @@ def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | 
              "ncut": ncut_loss(latent, data.edges, data.senders, data.receivers, config.ncut_eta)}
     if network.has_text and config.use_infonce:
         if n_cells > config.infonce_batch_size:
+            # InfoNCE is O(B^2): above the batch size it is estimated on random cells.
             batch = jax.random.permutation(align_key, n_cells)[: config.infonce_batch_size]
-            text_hat, feature_hat = network.project(latent[batch], data.text[batch])
+            terms["align"] = alignment_term(network, latent[batch], data.text[batch], config)
         else:
-            text_hat, feature_hat = network.project(latent, data.text)
-        terms["align"] = alignment_loss(text_hat, feature_hat, config.temperature, config.variance_weight)
+            terms["align"] = alignment_term(network, latent, data.text, config)
     if target_p is not None:
-        embedding = network.cluster_space(latent, data.text)
-        assignment = student_t_assign(embedding, network.centres[...], config.alpha)
-        terms["kl"] = kl_clustering_loss(target_p, assignment)
+        terms["kl"] = clustering_term(network, latent, data.text, target_p, config)
     return terms
-
-
-def total_loss(terms: dict[str, jax.Array], config: ScllmConfig) -> jax.Array:
-    """``a L_align + b L_ncut + c L_rec + d L_kl`` over the terms present."""
-    weights = {"align": config.weight_align, "ncut": config.weight_ncut,
-               "rec": config.weight_rec, "kl": config.weight_kl}
-    return sum(weights[name] * value for name, value in terms.items())
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ScllmConfig):
