@@ -48,7 +48,11 @@ SCLLM_METHODS: dict[str, dict] = {
     # The paper's normalised-cut regulariser off (reconstruction-only pre-training): a
     # structural ablation, so it runs on every dataset.
     "scllm_no_ncut": {"weight_ncut": 0.0},
+    # K not given: estimated by Leiden on the pre-trained latent (tl.cluster's n_clusters=None).
+    "scllm_auto_k": {},
 }
+#: scllm methods that are not told K.
+AUTO_K_METHODS = ("scllm_auto_k",)
 #: Ablations run only on datasets with gene symbols (without them the semantic view is off anyway).
 ABLATIONS = ("scllm_graph_only", "scllm_path1_only", "scllm_path2_only", "scllm_no_infonce")
 #: Ablations of the structural view: they run on every dataset (when ablations are on).
@@ -56,7 +60,8 @@ STRUCTURAL_ABLATIONS = ("scllm_no_ncut",)
 BASELINES = ("leiden_r1", "kmeans")
 ALL_METHODS = tuple(SCLLM_METHODS) + BASELINES
 
-COLUMNS = ("dataset", "method", "seed", "n_cells", "n_genes", "K", "ARI", "NMI", "ACC", "F1", "fit_seconds",
+COLUMNS = ("dataset", "method", "seed", "n_cells", "n_genes", "K", "clusters_found", "ARI", "NMI", "ACC", "F1",
+           "fit_seconds",
            "seconds_per_epoch", "n_epochs", "peak_memory_gb", "semantic_used", "genes_matched_fraction")
 
 #: Reference ARI (mean of seeds 0, 1, 2) from ../shared/data/README.md, scanpy 1.11.
@@ -157,7 +162,7 @@ def _fit_scllm(adata, method: str, seed: int, n_clusters: int) -> tuple[object, 
     from scllm_jax.config import ScllmConfig
 
     config = ScllmConfig(seed=seed, **SCLLM_METHODS[method])
-    tl.cluster(adata, n_clusters=n_clusters, config=config, progress=False)
+    tl.cluster(adata, n_clusters=None if method in AUTO_K_METHODS else n_clusters, config=config, progress=False)
     record = adata.uns["scllm"]
     timings, epochs = record["timings"], record["n_epochs"]
     n_epochs = int(epochs["pretrain"]) + int(epochs["cluster"])
@@ -198,7 +203,8 @@ def run_fit(job: dict) -> dict:
 
     scores = cluster_metrics(truth.to_numpy(), labels)
     row = {"dataset": job["dataset"], "method": job["method"], "seed": job["seed"], "n_cells": n_cells,
-           "n_genes": n_genes, "K": n_clusters, **scores, "fit_seconds": seconds, "seconds_per_epoch": "",
+           "n_genes": n_genes, "K": n_clusters, "clusters_found": int(len(set(labels))), **scores,
+           "fit_seconds": seconds, "seconds_per_epoch": "",
            "n_epochs": "", "peak_memory_gb": peak_gb, "semantic_used": "", "genes_matched_fraction": ""}
     row.update({k: v for k, v in extra.items() if k in COLUMNS})
     messages = sorted({str(w.message).split("\n")[0][:160] for w in caught})
@@ -237,6 +243,32 @@ def append_row(path: Path, row: dict) -> None:
         writer.writerow({k: _fmt(row.get(k, "")) for k in COLUMNS})
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def upgrade_tsv(path: Path) -> bool:
+    """Rewrite a TSV written with fewer columns under today's header (new columns blank).
+
+    Appending rows of today's columns under an older header would shift every
+    value after the first new column; returns whether the file was rewritten.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open(newline="") as handle:
+        header = tuple(next(csv.reader(handle, delimiter="\t")))
+    if header == COLUMNS:
+        return False
+    unknown = sorted(set(header) - set(COLUMNS))
+    if unknown:
+        raise SystemExit(f"{path} has columns {unknown} this script does not write; move it aside or use --out-dir.")
+    rows = read_rows(path)
+    tmp = path.with_suffix(".tsv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in rows)
+    tmp.replace(path)
+    print(f"{path}: added the columns {[c for c in COLUMNS if c not in header]} (blank in its {len(rows)} rows)")
+    return True
 
 
 def done_keys(rows: list[dict]) -> set[tuple[str, str, int]]:
@@ -344,12 +376,12 @@ def summarise(rows: list[dict]):
     import pandas as pd
 
     frame = pd.DataFrame(rows)
-    for column in ("seed", "n_cells", "n_genes", "K", "ARI", "NMI", "ACC", "F1", "fit_seconds", "seconds_per_epoch",
-                   "n_epochs", "peak_memory_gb", "genes_matched_fraction"):
+    for column in ("seed", "n_cells", "n_genes", "K", "clusters_found", "ARI", "NMI", "ACC", "F1", "fit_seconds",
+                   "seconds_per_epoch",                   "n_epochs", "peak_memory_gb", "genes_matched_fraction"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     grouped = frame.groupby(["dataset", "method"], sort=False)
     table = pd.DataFrame({"n_seeds": grouped["seed"].nunique()})
-    for metric in ("ARI", "NMI", "ACC", "F1", "fit_seconds", "seconds_per_epoch", "peak_memory_gb"):
+    for metric in ("clusters_found", "ARI", "NMI", "ACC", "F1", "fit_seconds", "seconds_per_epoch", "peak_memory_gb"):
         table[f"{metric}_mean"] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=1)  # NaN with one seed
     table["semantic"] = grouped["semantic_used"].agg(lambda s: ",".join(sorted({str(v) for v in s if str(v)})))
@@ -383,7 +415,8 @@ def write_markdown(rows: list[dict], path: Path, command: str, seeds_note: str) 
            f"Generated {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} from "
            f"`{path.with_suffix('.tsv').name}` ({len(frame)} fits). Mean ± std (sample std, ddof=1) over "
            f"seeds; {seeds_note}. K = number of labelled types for every method that takes K "
-           "(Leiden r=1.0 chooses its own number). Labels are used only to score.", "",
+           "(Leiden r=1.0 and scllm_auto_k choose their own number; `clusters` is the number found, blank for "
+           "rows written before it was recorded). Labels are used only to score.", "",
            "Command (this summary):", "", "```", command, "```", ""]
     log = path.with_name("benchmark_commands.log")
     if log.exists():
@@ -391,14 +424,15 @@ def write_markdown(rows: list[dict], path: Path, command: str, seeds_note: str) 
                 *log.read_text().splitlines(), "```", ""]
     out += [
            "## Results", "",
-           "| dataset | method | seeds | ARI | NMI | ACC | F1 | fit s | s / epoch | peak GB | semantic |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| dataset | method | seeds | clusters | ARI | NMI | ACC | F1 | fit s | s / epoch | peak GB | semantic |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for dataset in datasets:
         for method in methods:
             if (dataset, method) not in table.index:
                 continue
             r = table.loc[(dataset, method)]
-            cells = [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in ("ARI", "NMI", "ACC", "F1")]
+            cells = [_pm(r["clusters_found_mean"], float("nan"), 1)]
+            cells += [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in ("ARI", "NMI", "ACC", "F1")]
             cells.append(_pm(r["fit_seconds_mean"], r["fit_seconds_std"], 1))
             cells.append(_pm(r["seconds_per_epoch_mean"], float("nan"), 3))
             cells.append(_pm(r["peak_memory_gb_mean"], float("nan"), 2))
@@ -472,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = " ".join([Path(sys.executable).name, str(Path(sys.argv[0]))] + (sys.argv[1:] if argv is None else argv))
     tsv = args.out_dir / "benchmark.tsv"
+    upgrade_tsv(tsv)
     failures = []
     if not args.summary_only:
         jobs, skipped = plan(args.data_dir, args.datasets, args.methods, args.seeds, args.ablations)

@@ -41,7 +41,7 @@ def data_dir(tmp_path_factory, baron) -> Path:
 
 def _row(dataset, method, seed, ari, semantic=""):
     return {"dataset": dataset, "method": method, "seed": str(seed), "n_cells": "150", "n_genes": "2000", "K": "4",
-            "ARI": str(ari), "NMI": "0.5", "ACC": "0.6", "F1": "0.5", "fit_seconds": "1.5",
+            "clusters_found": "4", "ARI": str(ari), "NMI": "0.5", "ACC": "0.6", "F1": "0.5", "fit_seconds": "1.5",
             "seconds_per_epoch": "0.01" if method.startswith("scllm") else "", "n_epochs": "",
             "peak_memory_gb": "0.4", "semantic_used": semantic, "genes_matched_fraction": ""}
 
@@ -50,7 +50,7 @@ def test_plan_runs_semantic_ablations_only_with_gene_symbols(rb, data_dir, tmp_p
     jobs, skipped = rb.plan(data_dir, None, list(rb.ALL_METHODS), [0, 1], ablations=True)
     assert len(jobs) == len(rb.ALL_METHODS) * 2 and not skipped
     jobs, _ = rb.plan(data_dir, None, list(rb.ALL_METHODS), [0], ablations=False)
-    assert {j["method"] for j in jobs} == {"scllm_full", "leiden_r1", "kmeans"}
+    assert {j["method"] for j in jobs} == {"scllm_full", "scllm_auto_k", "leiden_r1", "kmeans"}
     no_symbols = tmp_path / "no_symbols"
     no_symbols.mkdir()
     small = baron[:50].copy()
@@ -58,7 +58,8 @@ def test_plan_runs_semantic_ablations_only_with_gene_symbols(rb, data_dir, tmp_p
     small.write_h5ad(no_symbols / "anon.h5ad")
     jobs, skipped = rb.plan(no_symbols, None, list(rb.ALL_METHODS), [0], ablations=True)
     # The structural ablation does not need gene symbols; the semantic ones are skipped, each said.
-    assert {j["method"] for j in jobs} == {"scllm_full", "leiden_r1", "kmeans", *rb.STRUCTURAL_ABLATIONS}
+    assert {j["method"] for j in jobs} == {"scllm_full", "scllm_auto_k", "leiden_r1", "kmeans",
+                                           *rb.STRUCTURAL_ABLATIONS}
     assert len(skipped) == len(rb.ABLATIONS)
     with pytest.raises(SystemExit, match="Unknown datasets"):
         rb.plan(data_dir, ["nope"], ["kmeans"], [0], ablations=True)
@@ -103,6 +104,32 @@ def test_tsv_round_trip_keeps_the_columns(rb, tmp_path):
     assert rb.done_keys([row]) == {("d", "scllm_full", 0)}
 
 
+def test_older_tsv_gains_new_columns_without_shifting_values(rb, tmp_path):
+    path = tmp_path / "b.tsv"
+    old_columns = [c for c in rb.COLUMNS if c != "clusters_found"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old_columns, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerow({k: v for k, v in _row("d", "kmeans", 0, 0.61).items() if k in old_columns})
+    assert rb.upgrade_tsv(path)
+    rb.append_row(path, {**_row("d", "scllm_auto_k", 0, 0.72), "clusters_found": 9})
+    old, new = rb.read_rows(path)
+    assert (old["ARI"], old["clusters_found"], old["F1"]) == ("0.61", "", "0.5")
+    assert (new["ARI"], new["clusters_found"], new["F1"]) == ("0.72", "9", "0.5")
+    assert not rb.upgrade_tsv(path)  # already today's header
+
+
+def test_auto_k_method_is_not_told_k(rb, data_dir):
+    import anndata as ad
+
+    adata = ad.read_h5ad(data_dir / "pancreas_small.h5ad")
+    truth = adata.obs.pop("cell_type")
+    adata.uns["gene_symbols"] = False  # graph only: no language model in this test
+    labels, extra = rb._fit_scllm(adata, "scllm_auto_k", 0, n_clusters=int(truth.nunique()))
+    assert adata.uns["scllm"]["params"]["n_clusters_given"] is False
+    assert len(labels) == adata.n_obs and len(set(labels)) >= 2 and extra["n_epochs"] > 0
+
+
 def test_summary_says_whether_scllm_beats_leiden(rb, tmp_path):
     rows = [_row("cellbench_5cl_p1", m, s, a, "True" if m.startswith("scllm") else "")
             for m, aris in (("scllm_full", (0.9, 0.95, 1.0)), ("leiden_r1", (0.971,) * 3), ("kmeans", (0.97,) * 3))
@@ -111,7 +138,7 @@ def test_summary_says_whether_scllm_beats_leiden(rb, tmp_path):
     md = tmp_path / "benchmark.md"
     rb.write_markdown(rows, md, "python benchmarks/run_benchmark.py", "seeds 0 1 2")
     text = md.read_text()
-    assert "| cellbench_5cl_p1 | scllm_full | 3 | 0.950 ± 0.050 |" in text
+    assert "| cellbench_5cl_p1 | scllm_full | 3 | 4.0 | 0.950 ± 0.050 |" in text
     assert "cellbench_5cl_p1: scllm_full mean ARI 0.950 >= leiden_r1 0.971? **no**" in text
     assert "other: scllm_full mean ARI 0.500 >= leiden_r1 0.400? **yes**" in text
     assert "| cellbench_5cl_p1 | leiden_r1 | 0,1,2 | 0.971 | 0.971 | +0.000 |" in text
