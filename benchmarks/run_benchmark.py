@@ -48,7 +48,7 @@ SCLLM_METHODS: dict[str, dict] = {
     # The paper's normalised-cut regulariser off (reconstruction-only pre-training): a
     # structural ablation, so it runs on every dataset.
     "scllm_no_ncut": {"weight_ncut": 0.0},
-    # K not given: estimated by Leiden on the pre-trained latent (tl.cluster's n_clusters=None).
+    # K not given: estimated by Leiden on the principal components (tl.cluster's n_clusters=None).
     "scllm_auto_k": {},
 }
 #: scllm methods that are not told K.

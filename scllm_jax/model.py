@@ -69,8 +69,9 @@ class ScllmModel:
         adata
             Cells x genes, raw counts in ``X``.
         n_clusters
-            Number of clusters K; ``None`` estimates it by Leiden on the
-            pre-trained embedding (:func:`~scllm_jax.n_clusters.estimate_n_clusters`).
+            Number of clusters K; ``None`` estimates it by Leiden on the kNN
+            graph of the principal components, before training
+            (:func:`~scllm_jax.n_clusters.estimate_n_clusters`).
         progress
             Show progress bars.
 
@@ -90,14 +91,14 @@ class ScllmModel:
         data, self.timings["graph"] = self._training_data(prepared, text, training=True)
         logger.info("graph and training data in %.1f s", self.timings["graph"])
 
-        def choose_n_clusters(embedding: np.ndarray) -> int:
-            k = estimate_n_clusters(embedding, n_neighbors=config.n_neighbors,
-                                    resolution=config.leiden_resolution, seed=config.seed)
-            check_n_clusters(k, adata.n_obs)
-            return k
-
-        self.result, graphdef = fit_network(data, config, n_clusters, choose_n_clusters=choose_n_clusters,
-                                            progress=progress)
+        if n_clusters is None:
+            # On the principal components (the cell graph's space), not the pre-trained latent:
+            # the ncut spreads the latent over all its directions, and Leiden found more
+            # communities there (docs/METHOD_NOTES.md).
+            n_clusters = estimate_n_clusters(prepared.pca, n_neighbors=config.n_neighbors,
+                                             resolution=config.leiden_resolution, seed=config.seed)
+            check_n_clusters(n_clusters, adata.n_obs)
+        self.result, graphdef = fit_network(data, config, n_clusters, progress=progress)
         self.n_clusters = int(self.result.assignment.shape[1])
         self._graphdef, self._params = graphdef, self.result.params
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})

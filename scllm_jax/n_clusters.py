@@ -28,7 +28,8 @@ def leiden_labels(embedding: np.ndarray, *, n_neighbors: int = 15, resolution: f
 
 def estimate_n_clusters(embedding: np.ndarray, *, n_neighbors: int = 15, resolution: float = 1.0,
                         seed: int = 0) -> int:
-    """Number of Leiden communities of the pre-trained embedding (as scDeepCluster does).
+    """Number of Leiden communities of the kNN graph of ``embedding`` (the principal components in
+    :meth:`~scllm_jax.model.ScllmModel.fit`).
 
     Communities of fewer than 1% of the cells (or 3 cells) are not counted: a
     Student-t centre for a handful of cells does not survive training.

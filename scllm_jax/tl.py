@@ -37,8 +37,9 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
         Cells x genes with raw counts in ``X``; gene symbols in ``var_names``
         for the semantic view (``uns['species']`` read when present).
     n_clusters
-        Number of clusters; ``None`` estimates it (Leiden on the pre-trained
-        embedding, resolution ``config.leiden_resolution``).
+        Number of clusters; ``None`` estimates it before training (Leiden
+        on the kNN graph of the principal components, resolution
+        ``config.leiden_resolution``).
     key_added
         Name of the fields written.
     config

@@ -514,8 +514,8 @@ def _result(engine, run: _Run, pretrain_history, pretrain_seconds: float) -> Fit
                      stopped_early=run.stopped, seconds=seconds, params=run.params)
 
 
-def fit_network(data, config: ScllmConfig, n_clusters: int | None = None, *, choose_n_clusters=None,
-                progress: bool = True, on_step=None) -> tuple[FitResult, nnx.GraphDef]:
+def fit_network(data, config: ScllmConfig, n_clusters: int, *, progress: bool = True,
+                on_step=None) -> tuple[FitResult, nnx.GraphDef]:
     """Both phases, checkpointed and resumable when ``config.checkpoint_dir`` is set.
 
     Parameters
@@ -526,10 +526,7 @@ def fit_network(data, config: ScllmConfig, n_clusters: int | None = None, *, cho
     config
         Settings; ``checkpoint_dir`` and ``checkpoint_every`` control checkpoints.
     n_clusters
-        K, or ``None`` with ``choose_n_clusters``.
-    choose_n_clusters
-        ``f(embedding) -> K`` called on the pre-trained embedding when
-        ``n_clusters`` is ``None``.
+        K (see :func:`~scllm_jax.n_clusters.estimate_n_clusters` when it is unknown).
     progress
         Show progress bars.
     on_step
@@ -555,8 +552,6 @@ def fit_network(data, config: ScllmConfig, n_clusters: int | None = None, *, cho
         run = _pretrain_run(engine, config, checkpointer, progress=progress, resume=meta, on_step=on_step)
         graphdef, params, pretrain_history, pretrain_seconds = run.graphdef, run.params, run.history, run.seconds
         global_step = run.global_step
-        if n_clusters is None:
-            n_clusters = int(choose_n_clusters(engine.embed_all(params)[1]))
         resume = None
     else:
         graphdef, params = nnx.split(build_network(*engine.dims(), 1, config), nnx.Param)
