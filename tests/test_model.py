@@ -56,9 +56,16 @@ def test_full_method_with_language_model(baron_small, tmp_path, monkeypatch):
 
 
 def test_estimates_k_when_not_given(baron_small):
-    adata = sj.tl.cluster(baron_small, None, config=GRAPH_ONLY, copy=True, progress=False)
+    from scllm_jax.n_clusters import estimate_n_clusters
+
+    adata, model = sj.tl.cluster(baron_small, None, config=GRAPH_ONLY, copy=True, progress=False,
+                                 return_model=True)
     assert 2 <= adata.uns["scllm"]["params"]["n_clusters"] <= 12
     assert adata.uns["scllm"]["params"]["n_clusters_given"] is False
+    # K comes from Leiden on the principal components (before training), not from the trained latent.
+    expected = estimate_n_clusters(model.prepared_.pca, n_neighbors=GRAPH_ONLY.n_neighbors,
+                                   resolution=GRAPH_ONLY.leiden_resolution, seed=GRAPH_ONLY.seed)
+    assert adata.uns["scllm"]["params"]["n_clusters"] == expected
 
 
 def test_cli_clusters_an_xy_h5_file(baron_small, tmp_path, capsys):
