@@ -61,8 +61,10 @@ BASELINES = ("leiden_r1", "kmeans")
 ALL_METHODS = tuple(SCLLM_METHODS) + BASELINES
 
 COLUMNS = ("dataset", "method", "seed", "n_cells", "n_genes", "K", "clusters_found", "ARI", "NMI", "ACC", "F1",
-           "fit_seconds",
-           "seconds_per_epoch", "n_epochs", "peak_memory_gb", "semantic_used", "genes_matched_fraction")
+           "fit_seconds", "seconds_per_epoch", "n_epochs", "peak_memory_gb", "semantic_used",
+           "genes_matched_fraction")
+#: The TSV columns that are not numbers.
+TEXT_COLUMNS = ("dataset", "method", "semantic_used")
 
 #: Reference ARI (mean of seeds 0, 1, 2) from ../shared/data/README.md, scanpy 1.11.
 REFERENCE_ARI = {
@@ -302,14 +304,11 @@ def plan(data_dir: Path, datasets: list[str] | None, methods: list[str], seeds: 
     for path in paths:
         info = dataset_info(path)
         for method in methods:
-            if method in STRUCTURAL_ABLATIONS and not ablations:
+            if method in ABLATIONS + STRUCTURAL_ABLATIONS and not ablations:
                 continue
-            if method in ABLATIONS:
-                if not ablations:
-                    continue
-                if not info["gene_symbols"]:
-                    skipped.append(f"{method} on {info['name']} (no gene symbols)")
-                    continue
+            if method in ABLATIONS and not info["gene_symbols"]:
+                skipped.append(f"{method} on {info['name']} (no gene symbols)")
+                continue
             for seed in seeds:
                 jobs.append({"dataset": info["name"], "path": info["path"], "method": method, "seed": seed,
                              "shape": info["shape"]})
@@ -376,8 +375,7 @@ def summarise(rows: list[dict]):
     import pandas as pd
 
     frame = pd.DataFrame(rows)
-    for column in ("seed", "n_cells", "n_genes", "K", "clusters_found", "ARI", "NMI", "ACC", "F1", "fit_seconds",
-                   "seconds_per_epoch",                   "n_epochs", "peak_memory_gb", "genes_matched_fraction"):
+    for column in (c for c in COLUMNS if c not in TEXT_COLUMNS):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     grouped = frame.groupby(["dataset", "method"], sort=False)
     table = pd.DataFrame({"n_seeds": grouped["seed"].nunique()})

@@ -87,12 +87,12 @@ def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | 
     terms = {"rec": reconstruction,
              "ncut": ncut_loss(latent, data.edges, data.senders, data.receivers, config.ncut_eta)}
     if network.has_text and config.use_infonce:
+        latent_rows, text_rows = latent, data.text
         if n_cells > config.infonce_batch_size:
             # InfoNCE is O(B^2): above the batch size it is estimated on random cells.
             batch = jax.random.permutation(align_key, n_cells)[: config.infonce_batch_size]
-            terms["align"] = alignment_term(network, latent[batch], data.text[batch], config)
-        else:
-            terms["align"] = alignment_term(network, latent, data.text, config)
+            latent_rows, text_rows = latent[batch], data.text[batch]
+        terms["align"] = alignment_term(network, latent_rows, text_rows, config)
     if target_p is not None:
         terms["kl"] = clustering_term(network, latent, data.text, target_p, config)
     return terms
