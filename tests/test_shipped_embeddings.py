@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scllm_jax.config import ScllmConfig
 from scllm_jax.knowledge import language_model as lm
 from scllm_jax.knowledge.gene_table import load_gene_knowledge
 from scllm_jax.knowledge.gene_text import PROMPT_VERSION, gene_prompts
 from scllm_jax.knowledge.shipped_embeddings import load_shipped_embeddings, shipped_vectors, write_shipped_embeddings
+from scllm_jax.semantic import gene_embedding_table
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,18 @@ def test_a_changed_text_or_another_model_is_not_served_from_the_file(shipped, kn
     assert vectors is None and not found.any()
     vectors, found = shipped_vectors(lm.DEFAULT_MODEL, ["INS"], prompts[:1], max_length=64)
     assert vectors is None and not found.any()
+
+
+def test_default_gene_table_runs_no_language_model(tmp_path):
+    cache = lm.EmbeddingCache(tmp_path)
+    names = np.array(["Ins1", "Gcg", "CD3E", "ENSG00000141510.16", "Malat1", "gene_x", "LINC01234"])
+    table, mapping = gene_embedding_table(names, ScllmConfig(), cache=cache, progress=False)
+    assert cache.hits == 0 and cache.misses == 0  # every vector came from the shipped file
+    assert list(table["symbols"]) == ["", "GCG", "CD3E", "TP53", "MALAT1", "", "LINC01234"]
+    # LINC01234 is known but has no functional knowledge (no GO term, not protein-coding): no embedding.
+    assert list(table["mask"]) == [False, True, True, True, True, False, False]
+    assert table["n_shipped"] == 4 and mapping.via_ensembl == 1
+    np.testing.assert_allclose(np.linalg.norm(table["embeddings"][table["mask"]], axis=1), 1.0, atol=2e-3)
 
 
 def test_damaged_file_is_refused(tmp_path, shipped):

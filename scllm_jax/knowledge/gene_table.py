@@ -340,12 +340,13 @@ class SymbolMapping:
         text = (f"{self.n_matched} of {self.n_genes} genes "
                 f"({100 * self.fraction_matched:.1f}%) matched the knowledge base "
                 f"({', '.join(extra)})")
-        if self.species and not _is_human(self.species):
+        if self.species and not is_human_species(self.species):
             text += f"; {self.species} names matched to human symbols by name, not orthology"
         return text
 
 
-def _is_human(species: str) -> bool:
+def is_human_species(species: str) -> bool:
+    """Whether a species name (``uns['species']``: "human", "Homo sapiens", "9606", ...) means human."""
     return species.strip().lower() in {"human", "homo sapiens", "hsapiens", "9606", "hs"}
 
 
