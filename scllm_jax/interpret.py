@@ -107,8 +107,7 @@ def _knowledge_note(markers: list[str], described: dict[str, bool], species: str
     from .knowledge.gene_table import is_human_species
 
     if species and not is_human_species(species):
-        note += (f" ({species} genes match human knowledge by name only: no orthology table ships offline, "
-                 "so e.g. mouse Ins1/Ins2 find no human INS)")
+        note += f" ({species} genes match human knowledge by name only: no orthology table ships offline)"
     return note
 
 
