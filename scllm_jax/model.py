@@ -238,7 +238,9 @@ class ScllmModel:
         if meta.get("format_version") != _FORMAT_VERSION:
             raise InputError(f"{path} holds model format {meta.get('format_version')}, this version reads "
                              f"{_FORMAT_VERSION}; refit the model.")
-        model = cls(ScllmConfig.from_dict(meta["config"]))
+        # Models saved before path 1 had settings were trained with the paper's pooling.
+        saved = {"path1_weights": "log", "gene_postprocess": "none", **meta["config"]}
+        model = cls(ScllmConfig.from_dict(saved))
         model.n_clusters, model._text_dim = meta["n_clusters"], meta["text_dim"]
         model.semantic_info = meta.get("semantic_info", {})
         with np.load(path / "preprocessor.npz", allow_pickle=False) as arrays:

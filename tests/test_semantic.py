@@ -98,3 +98,21 @@ def test_cluster_knowledge_names_markers_without_knowledge_and_the_orthology_cav
                               n_markers=2)
     assert "orthology" not in human.loc[human["cluster"] == "0", "knowledge_note"].item()
     assert "knowledge_note" in cluster_knowledge(np.array([0, 0, 1, 1]), expression, genes).columns
+
+
+def test_model_saved_before_path1_settings_predicts_with_the_papers_pooling(baron_small, tmp_path):
+    import json
+
+    import scllm_jax as sj
+
+    config = ScllmConfig.tiny(use_path2=False, path1_weights="log", gene_postprocess="none",
+                              pretrain_epochs=5, cluster_epochs=5)
+    model = sj.ScllmModel(config).fit(baron_small, 4, progress=False)
+    model.save(tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    for field in ("path1_weights", "gene_postprocess", "path2_max_cpu_cells"):
+        del meta["config"][field]  # as an older version wrote it
+    (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+    loaded = sj.ScllmModel.load(tmp_path / "model")
+    assert (loaded.config.path1_weights, loaded.config.gene_postprocess) == ("log", "none")
+    np.testing.assert_array_equal(loaded.predict(baron_small), model.labels_)
