@@ -40,8 +40,9 @@ class SemanticView:
     cell_embeddings
         ``Z_text`` (cells x d_llm), or ``None`` when the view could not be built.
     gene_embeddings
-        ``{"gene_names", "embeddings", "mask"}`` over the kept genes, reused to
-        embed new cells; ``None`` without path 1.
+        The table of :func:`gene_embedding_table` over the kept genes, reused
+        to embed new cells (path 1) and to name their genes (path 2); ``None``
+        when the view is off.
     info
         What was used: match counts, paths, model, and why the view is off.
     """
