@@ -38,7 +38,9 @@ def _print_knowledge(adata, key: str) -> None:
     table = adata.uns[key].get("cluster_knowledge")
     if table is not None:
         for row in table.itertuples():
-            print(f"  cluster {row.cluster}: markers {row.markers} | knowledge: {row.knowledge_terms}")
+            note = getattr(row, "knowledge_note", "")
+            print(f"  cluster {row.cluster}: markers {row.markers} | knowledge: {row.knowledge_terms}"
+                  + (f" | {note}" if note else ""))
 
 
 def _write_plots(adata, key: str, label_key: str | None, folder: Path) -> list[Path]:
@@ -58,7 +60,8 @@ def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
     from . import tl
 
     key = "scllm"
-    tl.cluster(adata, args.n_clusters, key_added=key, config=_config(args), progress=not args.quiet)
+    tl.cluster(adata, args.n_clusters, key_added=key, config=_config(args), progress=not args.quiet,
+               gene_symbols_key=getattr(args, "gene_symbols_key", None))
     timings = adata.uns[key]["timings"]
     print(f"clusters: {adata.uns[key]['params']['n_clusters']}  fit: {timings['total']:.1f} s")
     _print_knowledge(adata, key)
@@ -150,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-clusters", type=int, default=None, help="K; estimated when omitted")
     p.add_argument("--label-key", default=None, help="obs column of known labels: print ARI/NMI/ACC/F1")
     p.add_argument("--plots", default=None, help="folder for UMAP / training / confusion PNGs")
+    p.add_argument("--gene-symbols-key", default=None,
+                   help="var column holding gene symbols (default: var_names, symbols or Ensembl ids)")
     common(p)
     p.set_defaults(func=cmd_cluster)
 

@@ -61,7 +61,8 @@ class ScllmModel:
         self.cell_text_: np.ndarray | None = None
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, progress: bool = True) -> "ScllmModel":
+    def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, gene_symbols_key: str | None = None,
+            progress: bool = True) -> "ScllmModel":
         """Preprocess, build the graph and the semantic view, and train.
 
         Parameters
@@ -72,6 +73,9 @@ class ScllmModel:
             Number of clusters K; ``None`` estimates it by Leiden on the kNN
             graph of the principal components, before training
             (:func:`~scllm_jax.n_clusters.estimate_n_clusters`).
+        gene_symbols_key
+            The ``adata.var`` column of gene symbols for the semantic view;
+            ``None``: ``var_names`` (symbols or human Ensembl ids).
         progress
             Show progress bars.
 
@@ -86,7 +90,7 @@ class ScllmModel:
         self.preprocessor, prepared = Preprocessor.fit(adata, config)
         self.timings["preprocess"] = time.perf_counter() - start
         logger.info("preprocessed %d cells in %.1f s", prepared.n_cells, self.timings["preprocess"])
-        text = self._semantic_view(adata, prepared, progress=progress)
+        text = self._semantic_view(adata, prepared, gene_symbols_key=gene_symbols_key, progress=progress)
         self.prepared_, self.cell_text_ = prepared, text
         data, self.timings["graph"] = self._training_data(prepared, text, training=True)
         logger.info("graph and training data in %.1f s", self.timings["graph"])
@@ -105,14 +109,16 @@ class ScllmModel:
         self.timings["total"] = time.perf_counter() - start
         return self
 
-    def _semantic_view(self, adata: ad.AnnData, prepared: PreparedData, *, progress: bool) -> np.ndarray | None:
+    def _semantic_view(self, adata: ad.AnnData, prepared: PreparedData, *, gene_symbols_key: str | None,
+                       progress: bool) -> np.ndarray | None:
         if not self.config.use_semantic:
             self.semantic_info = {"used": False, "reason": "use_semantic=False"}
             return None
         from .semantic import build_semantic_view
 
         start = time.perf_counter()
-        view = build_semantic_view(adata, prepared, self.config, progress=progress)
+        view = build_semantic_view(adata, prepared, self.config, gene_symbols_key=gene_symbols_key,
+                                   progress=progress)
         self.timings["semantic"] = time.perf_counter() - start
         self.semantic_info = view.info
         self._gene_embeddings = view.gene_embeddings
@@ -170,7 +176,7 @@ class ScllmModel:
             knowledge = load_gene_knowledge()
         return cluster_knowledge(self.labels_, self.prepared_.log_expression, self.prepared_.gene_names,
                                  cell_text=self.cell_text_, gene_table=self._gene_embeddings,
-                                 knowledge=knowledge)
+                                 knowledge=knowledge, species=self.semantic_info.get("species"))
 
     @property
     def embedding_(self) -> np.ndarray:
@@ -197,7 +203,7 @@ class ScllmModel:
             from .semantic import cell_view_from_gene_embeddings
 
             text = cell_view_from_gene_embeddings(adata, prepared, self._gene_embeddings, self.config,
-                                                  progress=progress)
+                                                  paths=self.semantic_info["paths"], progress=progress)
         data, _ = self._training_data(prepared, text)
         _, embedding = make_embed(self._graphdef)(self._params, data)
         assignment = student_t_assign(embedding, self._params["centres"][...], self.config.alpha)
@@ -232,7 +238,9 @@ class ScllmModel:
         if meta.get("format_version") != _FORMAT_VERSION:
             raise InputError(f"{path} holds model format {meta.get('format_version')}, this version reads "
                              f"{_FORMAT_VERSION}; refit the model.")
-        model = cls(ScllmConfig.from_dict(meta["config"]))
+        # Models saved before path 1 had settings were trained with the paper's pooling.
+        saved = {"path1_weights": "log", "gene_postprocess": "none", **meta["config"]}
+        model = cls(ScllmConfig.from_dict(saved))
         model.n_clusters, model._text_dim = meta["n_clusters"], meta["text_dim"]
         model.semantic_info = meta.get("semantic_info", {})
         with np.load(path / "preprocessor.npz", allow_pickle=False) as arrays:
