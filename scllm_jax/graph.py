@@ -59,13 +59,22 @@ def _drop_self(indices: np.ndarray, k: int) -> np.ndarray:
     return indices[~is_self].reshape(indices.shape[0], k).astype(np.int64)
 
 
-def normalized_adjacency(indices: np.ndarray) -> sp.csr_matrix:
-    """``D^-1/2 (A + I) D^-1/2`` of the symmetrised (union) kNN graph."""
+def knn_adjacency(indices: np.ndarray) -> sp.csr_matrix:
+    """The symmetrised (union) kNN graph ``A``: 1 where either cell is among the other's neighbours."""
     n_cells, k = indices.shape
     rows = np.repeat(np.arange(n_cells), k)
     adjacency = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, indices.ravel())),
                               shape=(n_cells, n_cells))
-    adjacency = adjacency.maximum(adjacency.T) + sp.identity(n_cells, dtype=np.float32, format="csr")
+    adjacency = adjacency.maximum(adjacency.T).tocsr()
+    adjacency.setdiag(0)
+    adjacency.eliminate_zeros()
+    return adjacency
+
+
+def normalized_adjacency(indices: np.ndarray) -> sp.csr_matrix:
+    """``D^-1/2 (A + I) D^-1/2`` of the symmetrised (union) kNN graph."""
+    n_cells = indices.shape[0]
+    adjacency = knn_adjacency(indices) + sp.identity(n_cells, dtype=np.float32, format="csr")
     adjacency.data[:] = 1.0
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
     inv_sqrt = 1.0 / np.sqrt(degree)

@@ -20,8 +20,9 @@ from flax import nnx
 
 from .assignment import student_t_assign
 from .config import ScllmConfig
-from .graph import knn_graph
+from .graph import graph_from_adjacency, knn_adjacency, knn_indices, normalized_adjacency
 from .n_clusters import estimate_n_clusters
+from .partition import InitialPartition, initial_partition
 from .preprocess import PreparedData, Preprocessor
 from .train import FitResult, build_network, fit_network, make_embed, training_data, use_minibatch
 from .validation import InputError, check_n_clusters
@@ -92,7 +93,11 @@ class ScllmModel:
         logger.info("preprocessed %d cells in %.1f s", prepared.n_cells, self.timings["preprocess"])
         text = self._semantic_view(adata, prepared, gene_symbols_key=gene_symbols_key, progress=progress)
         self.prepared_, self.cell_text_ = prepared, text
-        data, self.timings["graph"] = self._training_data(prepared, text, training=True)
+        start_graph = time.perf_counter()
+        indices = knn_indices(prepared.pca, config.n_neighbors, exact_max_cells=config.exact_knn_max_cells,
+                              seed=config.seed)
+        data = self._training_data(prepared, text, indices, training=True)
+        self.timings["graph"] = time.perf_counter() - start_graph
         logger.info("graph and training data in %.1f s", self.timings["graph"])
 
         if n_clusters is None:
@@ -102,7 +107,15 @@ class ScllmModel:
             n_clusters = estimate_n_clusters(prepared.pca, n_neighbors=config.n_neighbors,
                                              resolution=config.leiden_resolution, seed=config.seed)
             check_n_clusters(n_clusters, adata.n_obs)
-        self.result, graphdef = fit_network(data, config, n_clusters, progress=progress)
+        cell_graph = knn_adjacency(indices)
+
+        def initialise(embedding: np.ndarray, k: int) -> InitialPartition:
+            return initial_partition(embedding, prepared.pca, cell_graph, k, method=config.initialisation,
+                                     seed=config.seed, n_init=config.kmeans_n_init,
+                                     overcluster_factor=config.overcluster_factor,
+                                     max_cells=config.kmeans_max_cells)
+
+        self.result, graphdef = fit_network(data, config, n_clusters, initialise=initialise, progress=progress)
         self.n_clusters = int(self.result.assignment.shape[1])
         self._graphdef, self._params = graphdef, self.result.params
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
@@ -127,24 +140,22 @@ class ScllmModel:
         self._text_dim = view.cell_embeddings.shape[1]
         return view.cell_embeddings
 
-    def _training_data(self, prepared: PreparedData, text: np.ndarray | None, *, training: bool = False):
-        start = time.perf_counter()
+    def _training_data(self, prepared: PreparedData, text: np.ndarray | None, indices: np.ndarray | None = None,
+                       *, training: bool = False):
+        """The arrays training (or embedding) reads; ``indices``: the cells' kNN, computed here when ``None``."""
+        if indices is None:
+            indices = knn_indices(prepared.pca, self.config.n_neighbors,
+                                  exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
         if training and use_minibatch(prepared.n_cells, self.config):
-            from .graph import knn_indices, normalized_adjacency
             from .minibatch import minibatch_data
             from .parallel import data_mesh
 
             logger.info("%d cells on %d device(s): mini-batch training (minibatch_min_cells=%d)",
                         prepared.n_cells, jax.device_count(), self.config.minibatch_min_cells)
-            indices = knn_indices(prepared.pca, self.config.n_neighbors,
-                                  exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
-            data = minibatch_data(prepared.pca, prepared.expression, normalized_adjacency(indices), text,
+            return minibatch_data(prepared.pca, prepared.expression, normalized_adjacency(indices), text,
                                   self.config, data_mesh())
-            return data, time.perf_counter() - start
-        graph = knn_graph(prepared.pca, self.config.n_neighbors,
-                          exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
-        data = training_data(prepared.pca, np.asarray(prepared.expression), graph, text)
-        return data, time.perf_counter() - start
+        graph = graph_from_adjacency(normalized_adjacency(indices), prepared.pca)
+        return training_data(prepared.pca, np.asarray(prepared.expression), graph, text)
 
     # --------------------------------------------------------------- outputs
     def _require_fitted(self) -> None:
@@ -204,7 +215,7 @@ class ScllmModel:
 
             text = cell_view_from_gene_embeddings(adata, prepared, self._gene_embeddings, self.config,
                                                   paths=self.semantic_info["paths"], progress=progress)
-        data, _ = self._training_data(prepared, text)
+        data = self._training_data(prepared, text)
         _, embedding = make_embed(self._graphdef)(self._params, data)
         assignment = student_t_assign(embedding, self._params["centres"][...], self.config.alpha)
         labels = np.asarray(jnp.argmax(assignment, axis=1))

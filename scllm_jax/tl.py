@@ -69,7 +69,9 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
     - ``obsm[f"{key_added}_soft"]``: soft assignment ``q``.
     - ``uns[key_added]``: ``params`` (config, seed, K, versions), ``loss_history``
       (per phase, per term), ``timings`` (seconds per stage), ``semantic``
-      (knowledge-base match and paths used), ``n_epochs``, ``cluster_knowledge``
+      (knowledge-base match and paths used), ``initialisation`` (the starting
+      partition of the head: which candidate was chosen, each candidate's
+      silhouette on the principal components and cluster sizes), ``n_epochs``, ``cluster_knowledge``
       (a table per cluster: size, marker genes, the genes whose knowledge lies
       nearest the cluster's semantic centroid and their most frequent Gene
       Ontology processes).
@@ -92,6 +94,7 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
         "timings": dict(model.timings),
         "n_epochs": {"pretrain": result.pretrain_epochs, "cluster": result.cluster_epochs,
                      "stopped_early": result.stopped_early},
+        "initialisation": _plain(result.initialisation),
         "semantic": _plain(model.semantic_info),
         "cluster_knowledge": model.cluster_knowledge(),
     }

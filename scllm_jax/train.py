@@ -15,12 +15,13 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from .assignment import dec_target, sinkhorn_target, student_t_assign
+from .assignment import dec_target, sharpened_target, sinkhorn_target, size_preserving_target, student_t_assign
 from .config import ScllmConfig
 from .graph import propagate
 from .losses import ncut_loss, reconstruction_loss
 from .modules import ScllmNetwork
 from .objective import alignment_term, clustering_term, total_loss
+from .partition import InitialPartition, kmeans_labels
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ class FitResult:
         Wall time of each phase.
     params
         Trained parameters (a ``nnx.State``).
+    initialisation
+        How the clustering head's starting partition was chosen
+        (:meth:`~scllm_jax.partition.InitialPartition.summary`).
     """
 
     labels: np.ndarray
@@ -160,6 +164,7 @@ class FitResult:
     stopped_early: bool
     seconds: dict[str, float]
     params: nnx.State
+    initialisation: dict = dataclasses.field(default_factory=dict)
 
 
 def _record(history: dict[str, list], terms: dict[str, jax.Array], config: ScllmConfig, *,
@@ -171,16 +176,18 @@ def _record(history: dict[str, list], terms: dict[str, jax.Array], config: Scllm
         history.setdefault(name, []).append(value if lazy else float(value))
 
 
-def _init_centres(embedding: np.ndarray, n_clusters: int, config: ScllmConfig) -> np.ndarray:
-    from sklearn.cluster import KMeans
+def cluster_means(embedding: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Mean embedding of each cluster ``0..n_clusters-1`` (the Student-t centres of a partition)."""
+    counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
+    sums = np.zeros((n_clusters, embedding.shape[1]))
+    np.add.at(sums, labels, embedding)
+    return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
-    if embedding.shape[0] > config.kmeans_max_cells:
-        # Centres of an atlas are well placed from a random subset; k-means on all of it is the slow part.
-        rows = np.random.default_rng(config.seed).choice(embedding.shape[0], config.kmeans_max_cells, replace=False)
-        embedding = embedding[np.sort(rows)]
-    kmeans = KMeans(n_clusters=n_clusters, n_init=config.kmeans_n_init, random_state=config.seed)
-    kmeans.fit(embedding.astype(np.float64))
-    return kmeans.cluster_centers_.astype(np.float32)
+
+def _latent_kmeans(embedding: np.ndarray, n_clusters: int, config: ScllmConfig) -> InitialPartition:
+    labels = kmeans_labels(embedding, n_clusters, seed=config.seed, n_init=config.kmeans_n_init,
+                           max_cells=config.kmeans_max_cells)
+    return InitialPartition(labels, "latent_kmeans", {}, {})
 
 
 def use_minibatch(n_cells: int, config: ScllmConfig, n_devices: int | None = None) -> bool:
@@ -419,8 +426,10 @@ class _Run:
 
 
 def _target_fn(config: ScllmConfig):
-    return jax.jit(lambda q: sinkhorn_target(q, config.sinkhorn_iters, config.sinkhorn_epsilon)
-                   if config.target == "sinkhorn" else dec_target(q))
+    targets = {"dec": dec_target, "sharpen": sharpened_target,
+               "sized": lambda q: size_preserving_target(q, config.sinkhorn_iters),
+               "sinkhorn": lambda q: sinkhorn_target(q, config.sinkhorn_iters, config.sinkhorn_epsilon)}
+    return jax.jit(targets[config.target])
 
 
 def _phase_epochs(engine, config: ScllmConfig) -> tuple[int, int, int]:
@@ -469,31 +478,25 @@ def _pretrain_run(engine, config: ScllmConfig, checkpointer, *, progress: bool, 
     return run
 
 
-def cluster(data, graphdef: nnx.GraphDef, params: nnx.State, n_clusters: int,
-            config: ScllmConfig, *, progress: bool = True, pretrain_history=None,
-            pretrain_seconds: float = 0.0) -> FitResult:
-    """Initialise centres by k-means, then train with every loss term until labels settle."""
-    engine = _engine(data, config)
-    run = _cluster_run(engine, config, graphdef, params, n_clusters, None, progress=progress, global_step=0)
-    return _result(engine, run, pretrain_history, pretrain_seconds)
-
-
 def _cluster_run(engine, config: ScllmConfig, graphdef, params, n_clusters: int, checkpointer, *,
-                 progress: bool, global_step: int, resume: dict | None = None, extra_meta: dict | None = None,
-                 on_step=None) -> _Run:
+                 progress: bool, global_step: int, initialise, resume: dict | None = None,
+                 extra_meta: dict | None = None, on_step=None) -> _Run:
     optimizer = optax.adam(config.learning_rate)
     engine.compile(graphdef, optimizer)
     start = time.perf_counter()
+    extra_meta = dict(extra_meta or {})
     if resume is None:
-        _, embedding = engine.embed_all(params)
-        params["centres"] = nnx.Param(jnp.asarray(_init_centres(np.asarray(embedding), n_clusters, config)))
+        embedding = np.asarray(engine.embed_all(params)[1])
+        start_partition = initialise(embedding, n_clusters)
+        extra_meta["initialisation"] = _plain_json(start_partition.summary())
+        params["centres"] = nnx.Param(jnp.asarray(cluster_means(embedding, start_partition.labels, n_clusters)))
     else:
         dim = params["centres"][...].shape[1]
         params["centres"] = nnx.Param(jnp.zeros((n_clusters, dim), jnp.float32))
     params = engine.place(params)
     opt_state = optimizer.init(params)
     run = _Run(engine, config, "cluster", graphdef, params, opt_state, jax.random.key(config.seed + 1),
-               checkpointer, global_step, extra_meta or {})
+               checkpointer, global_step, extra_meta)
     if resume is not None:
         run.restore(resume)
     _, n_epochs, interval = _phase_epochs(engine, config)
@@ -511,10 +514,16 @@ def _result(engine, run: _Run, pretrain_history, pretrain_seconds: float) -> Fit
     return FitResult(labels=assignment.argmax(axis=1), assignment=assignment, embedding=np.asarray(embedding),
                      latent=np.asarray(latent), history={"pretrain": pretrain_history, "cluster": run.history},
                      pretrain_epochs=len(pretrain_history.get("total", [])), cluster_epochs=run.epochs_run,
-                     stopped_early=run.stopped, seconds=seconds, params=run.params)
+                     stopped_early=run.stopped, seconds=seconds, params=run.params,
+                     initialisation=run.extra_meta.get("initialisation", {}))
 
 
-def fit_network(data, config: ScllmConfig, n_clusters: int, *, progress: bool = True,
+def _plain_json(values: dict) -> dict:
+    """``values`` with arrays as lists, for checkpoint metadata (JSON)."""
+    return {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in values.items()}
+
+
+def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, progress: bool = True,
                 on_step=None) -> tuple[FitResult, nnx.GraphDef]:
     """Both phases, checkpointed and resumable when ``config.checkpoint_dir`` is set.
 
@@ -527,6 +536,11 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, progress: bool = 
         Settings; ``checkpoint_dir`` and ``checkpoint_every`` control checkpoints.
     n_clusters
         K (see :func:`~scllm_jax.n_clusters.estimate_n_clusters` when it is unknown).
+    initialise
+        ``f(embedding, n_clusters) -> InitialPartition``: the partition of the
+        pre-trained cluster space whose cluster means become the centres
+        (:func:`~scllm_jax.partition.initial_partition`); ``None``: k-means in
+        that space.
     progress
         Show progress bars.
     on_step
@@ -558,8 +572,13 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, progress: bool = 
         pretrain_history, pretrain_seconds = meta["pretrain_history"], meta["seconds"]
         n_clusters, global_step, resume = meta["n_clusters"], meta["global_step"], meta
     extra = {"pretrain_history": pretrain_history, "seconds": pretrain_seconds, "n_clusters": int(n_clusters)}
+    if resume is not None:
+        extra["initialisation"] = resume.get("initialisation", {})
+    if initialise is None:
+        initialise = lambda embedding, k: _latent_kmeans(embedding, k, config)  # noqa: E731
     run = _cluster_run(engine, config, graphdef, params, int(n_clusters), checkpointer, progress=progress,
-                       global_step=global_step, resume=resume, extra_meta=extra, on_step=on_step)
+                       global_step=global_step, initialise=initialise, resume=resume, extra_meta=extra,
+                       on_step=on_step)
     if checkpointer is not None:
         checkpointer.close()
     return _result(engine, run, pretrain_history, pretrain_seconds), graphdef

@@ -1,0 +1,215 @@
+"""Initial partitions of the pre-trained latent, and the label-free choice between them.
+
+The Student-t head refines the partition it starts from; it does not find
+a different one. The start is therefore chosen with care, from two
+candidates that fail in opposite ways:
+
+- **latent k-means**: K centres in the latent ``Z`` (many restarts, lowest
+  inertia). It follows the latent's geometry, which the normalised cut
+  spreads over all directions: it separates types that overlap in the
+  principal components (worm neurons), and it also cuts a large, uniform
+  type into pieces (beta cells of a pancreas).
+- **graph-merged**: ``overcluster_factor * K`` k-means centres in ``Z``, then
+  the fragments merged along the cell graph (the kNN graph of the principal
+  components) by greedy modularity until K remain. Pieces of one type share
+  many graph edges and are merged back; it also merges types that only the
+  latent tells apart.
+
+Which failure a data set invites is not known without labels, so the
+candidate whose clusters are better separated in the expression space that
+both came from (mean silhouette on the principal components) is taken.
+Neither candidate optimises that score, so it arbitrates between them
+rather than favouring one by construction; k-means on the principal
+components is deliberately not a candidate, because it does optimise it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+
+logger = logging.getLogger(__name__)
+
+#: Silhouettes are computed on at most this many cells (a seeded random subset above it).
+SILHOUETTE_MAX_CELLS = 5000
+
+
+def kmeans_labels(embedding: np.ndarray, n_clusters: int, *, seed: int, n_init: int,
+                  max_cells: int = 100_000) -> np.ndarray:
+    """k-means (``n_init`` restarts, lowest inertia kept) labels of every row of ``embedding``.
+
+    Above ``max_cells`` rows the centres are fitted on a seeded random subset
+    (the centres of an atlas are well placed from a subset; k-means on all of
+    it is the slow part) and every row is assigned to its nearest centre.
+    """
+    from sklearn.cluster import KMeans
+
+    embedding = np.asarray(embedding, dtype=np.float64)
+    fit_rows = embedding
+    if embedding.shape[0] > max_cells:
+        rows = np.random.default_rng(seed).choice(embedding.shape[0], max_cells, replace=False)
+        fit_rows = embedding[np.sort(rows)]
+    kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(fit_rows)
+    return kmeans.predict(embedding).astype(np.int64)
+
+
+def modularity(adjacency: sp.spmatrix, labels: np.ndarray, resolution: float = 1.0) -> float:
+    """Newman's modularity of ``labels`` on the undirected graph ``adjacency`` (symmetric, weighted).
+
+    ``Q = sum_c [ w_cc / W - resolution * (vol_c / W)^2 ]`` with ``W`` the total
+    edge weight counted both ways, ``w_cc`` the weight inside cluster ``c``
+    (both ways) and ``vol_c`` its summed degree.
+    """
+    coo = sp.coo_matrix(adjacency)
+    labels = np.asarray(labels)
+    total = coo.data.sum()
+    inside = coo.data[labels[coo.row] == labels[coo.col]].sum()
+    degree = np.asarray(sp.csr_matrix(adjacency).sum(axis=1)).ravel()
+    volume = np.bincount(labels, weights=degree)
+    return float(inside / total - resolution * np.sum((volume / total) ** 2))
+
+
+def merge_by_modularity(labels: np.ndarray, adjacency: sp.spmatrix, n_clusters: int) -> np.ndarray:
+    """Merge the clusters of ``labels`` along the graph until ``n_clusters`` remain.
+
+    Each step joins the pair of clusters whose union raises the graph's
+    modularity most (or lowers it least): Clauset-Newman-Moore's greedy
+    agglomeration, started from the given clusters instead of single cells,
+    and run to exactly ``n_clusters`` instead of to the modularity peak.
+
+    Parameters
+    ----------
+    labels
+        Fine partition (``M > n_clusters`` clusters, codes ``0..M-1`` or any labels).
+    adjacency
+        Symmetric cell graph (cells x cells).
+    n_clusters
+        Clusters wanted.
+
+    Returns
+    -------
+    numpy.ndarray
+        Codes ``0..n_clusters-1``, numbered by first appearance of the merged groups' ids.
+    """
+    codes = np.unique(labels, return_inverse=True)[1]
+    n_fine = int(codes.max()) + 1
+    if n_fine <= n_clusters:
+        return codes
+    membership = sp.csr_matrix((np.ones(codes.size), (np.arange(codes.size), codes)),
+                               shape=(codes.size, n_fine))
+    between = np.asarray((membership.T @ sp.csr_matrix(adjacency) @ membership).todense(), dtype=np.float64)
+    total = between.sum()
+    volume = between.sum(axis=1) / total
+    between /= total
+    group = np.arange(n_fine)
+    alive = np.ones(n_fine, dtype=bool)
+    for _ in range(n_fine - n_clusters):
+        # Modularity change of joining i and j: 2 (e_ij - a_i a_j), e and a as fractions of all edge weight.
+        gain = between - np.outer(volume, volume)
+        np.fill_diagonal(gain, -np.inf)
+        gain[~alive, :] = -np.inf
+        gain[:, ~alive] = -np.inf
+        i, j = np.unravel_index(np.argmax(gain), gain.shape)
+        i, j = min(i, j), max(i, j)
+        between[i, :] += between[j, :]
+        between[:, i] += between[:, j]
+        between[j, :] = 0.0
+        between[:, j] = 0.0
+        volume[i] += volume[j]
+        volume[j] = 0.0
+        alive[j] = False
+        group[group == j] = i
+    return np.unique(group[codes], return_inverse=True)[1]
+
+
+def separation(space: np.ndarray, labels: np.ndarray, *, seed: int) -> float:
+    """Mean silhouette of ``labels`` in ``space`` (on a seeded subset of cells above :data:`SILHOUETTE_MAX_CELLS`).
+
+    Returns ``-1`` for a partition with a single cluster (nothing separated).
+    """
+    from sklearn.metrics import silhouette_score
+
+    if np.unique(labels).size < 2:
+        return -1.0
+    sample = min(SILHOUETTE_MAX_CELLS, len(labels))
+    return float(silhouette_score(space, labels, sample_size=sample if sample < len(labels) else None,
+                                  random_state=seed))
+
+
+@dataclasses.dataclass
+class InitialPartition:
+    """The partition the clustering head starts from, and how it was chosen.
+
+    Attributes
+    ----------
+    labels
+        Cluster of each cell (codes ``0..K-1``).
+    chosen
+        Name of the candidate taken (``"latent_kmeans"`` or ``"graph_merged"``).
+    scores
+        Silhouette on the principal components of each candidate.
+    sizes
+        Cells per cluster of each candidate, largest first.
+    """
+
+    labels: np.ndarray
+    chosen: str
+    scores: dict[str, float]
+    sizes: dict[str, list[int]]
+
+    def summary(self) -> dict:
+        """Plain values for ``uns['scllm']['initialisation']``."""
+        return {"chosen": self.chosen, **{f"silhouette_{k}": v for k, v in self.scores.items()},
+                **{f"sizes_{k}": np.asarray(v) for k, v in self.sizes.items()}}
+
+
+def initial_partition(latent: np.ndarray, principal_components: np.ndarray, adjacency: sp.spmatrix,
+                      n_clusters: int, *, method: str, seed: int, n_init: int,
+                      overcluster_factor: int, max_cells: int = 100_000) -> InitialPartition:
+    """The partition of the pre-trained latent that the clustering head starts from.
+
+    Parameters
+    ----------
+    latent
+        Pre-trained cluster space (cells x d).
+    principal_components
+        The cells' principal components (the arbiter's space).
+    adjacency
+        The kNN cell graph of the principal components (symmetric).
+    n_clusters
+        K.
+    method
+        ``"select"`` (the better-separated of the two candidates),
+        ``"latent_kmeans"`` or ``"graph_merged"`` (that candidate alone), or
+        ``"graph_leiden"``: Leiden on the cell graph with its resolution
+        bisected to K communities (not a candidate of ``"select"``: it cut
+        the large types of the benchmark's data sets finer still).
+    seed, n_init, max_cells
+        k-means seed, restarts, and the most cells it is fitted on.
+    overcluster_factor
+        The graph-merged candidate starts from this many times K k-means clusters.
+    """
+    if method not in ("select", "latent_kmeans", "graph_merged", "graph_leiden"):
+        raise ValueError(f"Unknown initialisation {method!r}; use 'select', 'latent_kmeans', 'graph_merged' "
+                         "or 'graph_leiden'.")
+    candidates: dict[str, np.ndarray] = {}
+    if method == "graph_leiden":
+        from .n_clusters import leiden_with_n_clusters
+
+        candidates["graph_leiden"] = leiden_with_n_clusters(adjacency, n_clusters, seed=seed)
+    n_fine = min(overcluster_factor * n_clusters, latent.shape[0] // 2)
+    if method in ("select", "latent_kmeans") or (method == "graph_merged" and n_fine <= n_clusters):
+        candidates["latent_kmeans"] = kmeans_labels(latent, n_clusters, seed=seed, n_init=n_init,
+                                                    max_cells=max_cells)
+    if method in ("select", "graph_merged") and n_fine > n_clusters:
+        fine = kmeans_labels(latent, n_fine, seed=seed, n_init=max(1, n_init // 5), max_cells=max_cells)
+        candidates["graph_merged"] = merge_by_modularity(fine, adjacency, n_clusters)
+    scores = {name: separation(principal_components, labels, seed=seed) for name, labels in candidates.items()}
+    chosen = max(scores, key=scores.get) if method == "select" else next(iter(candidates))
+    sizes = {name: sorted(np.bincount(labels).tolist(), reverse=True) for name, labels in candidates.items()}
+    logger.info("initial partition: %s (silhouette on the principal components: %s)", chosen,
+                ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return InitialPartition(candidates[chosen], chosen, scores, sizes)

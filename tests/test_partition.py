@@ -1,0 +1,95 @@
+"""Initial partitions of the head: graph merging, Leiden bisection, the label-free arbiter."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scllm_jax.graph import knn_adjacency, knn_indices
+from scllm_jax.n_clusters import leiden_with_n_clusters
+from scllm_jax.partition import initial_partition, merge_by_modularity, modularity, separation
+
+
+def planted_graph(sizes, p_in=0.5, p_out=0.01, seed=0):
+    """Stochastic block model: dense blocks of the given sizes, sparse between them."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    same = labels[:, None] == labels[None, :]
+    upper = np.triu(rng.random((labels.size, labels.size)) < np.where(same, p_in, p_out), k=1)
+    return sp.csr_matrix((upper | upper.T).astype(np.float64)), labels
+
+
+def test_modularity_hand_case():
+    # Two triangles joined by one edge: W = 14 (both ways), inside 12, each side's volume 7.
+    edges = [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (3, 5), (2, 3)]
+    rows, cols = zip(*edges)
+    adjacency = sp.coo_matrix((np.ones(7), (rows, cols)), shape=(6, 6))
+    adjacency = (adjacency + adjacency.T).tocsr()
+    expected = 12 / 14 - 2 * (7 / 14) ** 2
+    assert modularity(adjacency, np.array([0, 0, 0, 1, 1, 1])) == pytest.approx(expected)
+    assert modularity(adjacency, np.zeros(6, dtype=int)) == pytest.approx(0.0)
+
+
+def test_merge_by_modularity_rebuilds_planted_blocks_from_fragments():
+    adjacency, truth = planted_graph([60, 40, 20])
+    # Each block cut into pieces, as k-means in a spread-out latent would cut it.
+    fragments = truth * 10 + np.arange(truth.size) % np.array([4, 3, 2])[truth]
+    assert np.unique(fragments).size == 9
+    merged = merge_by_modularity(fragments, adjacency, 3)
+    assert np.unique(merged).size == 3
+    # Same partition as the planted one, up to the names of the clusters.
+    assert np.all([np.unique(merged[truth == block]).size == 1 for block in range(3)])
+    assert np.unique(merged).size == np.unique(truth).size
+
+
+def test_leiden_bisection_returns_exactly_k_planted_communities():
+    adjacency, truth = planted_graph([50, 50, 30, 30, 20], p_in=0.4, p_out=0.02, seed=1)
+    labels = leiden_with_n_clusters(adjacency, 5, seed=0)
+    assert np.unique(labels).size == 5
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, labels) > 0.95
+
+
+def blobs(sizes, seed=0, dim=10, spread=6.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=spread, size=(len(sizes), dim))
+    points = np.concatenate([rng.normal(size=(n, dim)) + c for n, c in zip(sizes, centres)])
+    return points.astype(np.float32), np.repeat(np.arange(len(sizes)), sizes)
+
+
+def test_separation_prefers_the_planted_partition_over_a_split_of_its_largest_block():
+    points, truth = blobs([300, 40, 30, 20])
+    # Split the dominant block in two along its first coordinate and pool the two smallest blocks:
+    # what a size-balancing method does with K fixed.
+    split = truth.copy()
+    big = np.flatnonzero(truth == 0)
+    split[big[points[big, 0] > np.median(points[big, 0])]] = 4
+    split[split == 3] = 2
+    assert np.unique(split).size == 4
+    assert separation(points, truth, seed=0) > separation(points, split, seed=0) + 0.1
+
+
+def test_select_takes_the_graph_merged_start_when_the_latent_cuts_a_dominant_type():
+    # Expression space: one dominant type and three small ones, well separated.
+    pca, truth = blobs([240, 40, 30, 30], seed=3)
+    adjacency = knn_adjacency(knn_indices(pca, 10))
+    # A "latent" that spreads the dominant type into four far-apart lobes (as the cut does).
+    latent = pca.copy()
+    big = np.flatnonzero(truth == 0)
+    latent[big, :2] += 25.0 * np.stack([np.cos(big % 4 * np.pi / 2), np.sin(big % 4 * np.pi / 2)], axis=1)
+    start = initial_partition(latent, pca, adjacency, 4, method="select", seed=0, n_init=10, overcluster_factor=3)
+    assert set(start.scores) == {"latent_kmeans", "graph_merged"}
+    assert start.chosen == "graph_merged"
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, start.labels) > 0.9
+    latent_only = initial_partition(latent, pca, adjacency, 4, method="latent_kmeans", seed=0, n_init=10,
+                                    overcluster_factor=3)
+    assert adjusted_rand_score(truth, latent_only.labels) < 0.6
+
+
+def test_initial_partition_refuses_an_unknown_method():
+    pca, _ = blobs([20, 20])
+    with pytest.raises(ValueError, match="Unknown initialisation"):
+        initial_partition(pca, pca, knn_adjacency(knn_indices(pca, 5)), 2, method="spectral", seed=0, n_init=1,
+                          overcluster_factor=3)
