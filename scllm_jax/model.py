@@ -61,17 +61,24 @@ class ScllmModel:
         self.cell_text_: np.ndarray | None = None
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, progress: bool = True) -> "ScllmModel":
+    def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
+            progress: bool = True) -> "ScllmModel":
         """Preprocess, build the graph and the semantic view, and train.
 
         Parameters
         ----------
         adata
-            Cells x genes, raw counts in ``X``.
+            Cells x genes: raw counts in ``X`` (linear-scale normalised or
+            log-scale values are accepted with a warning that says how they
+            are treated, :func:`~scllm_jax.validation.value_kind`).
         n_clusters
             Number of clusters K; ``None`` estimates it by Leiden on the kNN
             graph of the principal components, before training
             (:func:`~scllm_jax.n_clusters.estimate_n_clusters`).
+        layer
+            Cluster ``adata.layers[layer]`` instead of ``X``; ``None`` takes
+            ``X``, or ``layers['counts']`` when ``X`` holds no counts but that
+            layer does (said with a warning).
         progress
             Show progress bars.
 
@@ -83,7 +90,7 @@ class ScllmModel:
         config = self.config
         check_n_clusters(n_clusters, adata.n_obs)
         start = time.perf_counter()
-        self.preprocessor, prepared = Preprocessor.fit(adata, config)
+        self.preprocessor, prepared = Preprocessor.fit(adata, config, layer=layer)
         self.timings["preprocess"] = time.perf_counter() - start
         logger.info("preprocessed %d cells in %.1f s", prepared.n_cells, self.timings["preprocess"])
         text = self._semantic_view(adata, prepared, progress=progress)
