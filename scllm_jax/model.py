@@ -105,7 +105,9 @@ class ScllmModel:
             n_clusters = estimate_n_clusters(prepared.pca, n_neighbors=config.n_neighbors,
                                              resolution=config.leiden_resolution, seed=config.seed)
             check_n_clusters(n_clusters, adata.n_obs)
-        self.result, graphdef = fit_network(data, config, n_clusters, progress=progress)
+        pre = self.preprocessor
+        self.result, graphdef = fit_network(data, config, n_clusters, progress=progress, fingerprint={
+            "data": pre.input_digest, "layer": pre.layer, "values": pre.values})
         self.n_clusters = int(self.result.assignment.shape[1])
         self._graphdef, self._params = graphdef, self.result.params
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
