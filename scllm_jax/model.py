@@ -26,7 +26,7 @@ from .graph import attach_cells, graph_from_adjacency, knn_indices, normalized_a
 from .n_clusters import estimate_n_clusters
 from .preprocess import PreparedData, Preprocessor
 from .train import FitResult, build_network, fit_network, make_embed, training_data, use_minibatch
-from .validation import InputError, check_n_clusters
+from .validation import InputError, check_cluster_support, check_n_clusters, count_clusters
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class ScllmModel:
         self.preprocessor: Preprocessor | None = None
         self.result: FitResult | None = None
         self.n_clusters: int | None = None
+        self.n_clusters_found_: int | None = None
         self.semantic_info: dict = {}
         self.timings: dict[str, float] = {}
         self._graphdef = None
@@ -97,7 +98,14 @@ class ScllmModel:
         Returns
         -------
         ScllmModel
-            ``self``, with ``labels_``, ``embedding_`` and ``result`` set.
+            ``self``, with ``labels_``, ``embedding_``, ``result`` and
+            ``n_clusters_found_`` (non-empty clusters) set.
+
+        Warns
+        -----
+        UserWarning
+            When the cells have fewer distinct profiles than ``n_clusters``
+            (duplicate or near-identical cells), and when clusters end empty.
         """
         config = self.config
         check_n_clusters(n_clusters, adata.n_obs)
@@ -117,6 +125,7 @@ class ScllmModel:
             n_clusters = estimate_n_clusters(prepared.pca, n_neighbors=config.n_neighbors,
                                              resolution=config.leiden_resolution, seed=config.seed)
             check_n_clusters(n_clusters, adata.n_obs)
+        check_cluster_support(prepared.pca, n_clusters)
         pre = self.preprocessor
         self.result, graphdef = fit_network(data, config, n_clusters, progress=progress, fingerprint={
             "data": pre.input_digest, "layer": pre.layer, "values": pre.values})
@@ -124,6 +133,7 @@ class ScllmModel:
         self._graphdef, self._params = graphdef, self.result.params
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
         self.timings["total"] = time.perf_counter() - start
+        self.n_clusters_found_ = count_clusters(self.labels_, self.n_clusters)
         return self
 
     def _semantic_view(self, adata: ad.AnnData, prepared: PreparedData, *, progress: bool) -> np.ndarray | None:

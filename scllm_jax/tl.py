@@ -70,7 +70,9 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
     - ``obs[key_added]``: cluster of each cell (categorical, ``"0"``, ``"1"``, ...).
     - ``obsm[f"X_{key_added}"]``: the embedding the clusters live in.
     - ``obsm[f"{key_added}_soft"]``: soft assignment ``q``.
-    - ``uns[key_added]``: ``params`` (config, seed, K, versions), ``input`` (the
+    - ``uns[key_added]``: ``params`` (config, seed, K asked for, versions),
+      ``n_clusters_found`` (the non-empty clusters: fewer than K, with a
+      warning, where the data cannot support K), ``input`` (the
       matrix read, ``"X"`` or a layer name, and its value type), ``loss_history``
       (per phase, per term), ``timings`` (seconds per stage), ``semantic``
       (knowledge-base match and paths used), ``n_epochs``, ``cluster_knowledge``
@@ -92,6 +94,7 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
                    "versions": _versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
         "loss_history": {phase: {term: np.asarray(values, dtype=np.float32) for term, values in terms.items()}
                          for phase, terms in result.history.items()},
+        "n_clusters_found": model.n_clusters_found_,
         "input": {"layer": "X" if model.preprocessor.layer is None else model.preprocessor.layer,
                   "values": model.preprocessor.values},
         "timings": dict(model.timings),

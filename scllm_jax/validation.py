@@ -1,4 +1,5 @@
-"""Checks on user input, each failing with one line that says what to do."""
+"""Checks on user input, each failing with one line that says what to do, and warnings
+where the data cannot support what was asked (the number of clusters)."""
 
 from __future__ import annotations
 
@@ -279,3 +280,35 @@ def check_n_clusters(n_clusters: int | None, n_cells: int) -> None:
         raise InputError(f"n_clusters={n_clusters} is larger than the number of cells ({n_cells}); "
                          "pass a smaller K or None to estimate it.")
 
+
+def distinct_profiles(features: np.ndarray) -> int:
+    """Number of cells that differ, counting near-identical ones once.
+
+    Two cells count as one when every coordinate agrees to within 0.1% of the
+    root mean square of ``features`` (e.g. their principal components).
+    """
+    features = np.asarray(features, dtype=np.float64)
+    scale = float(np.sqrt(np.mean(features ** 2))) if features.size else 0.0
+    if scale == 0.0 or not np.isfinite(scale):
+        return 1
+    return int(np.unique(np.round(features / (1e-3 * scale)), axis=0).shape[0])
+
+
+def check_cluster_support(features: np.ndarray, n_clusters: int) -> None:
+    """Warn when the cells have fewer distinct profiles than the ``n_clusters`` asked for."""
+    n_distinct = distinct_profiles(features)
+    if n_distinct < n_clusters:
+        warnings.warn(f"The {len(features)} cells have only {n_distinct} distinct expression profile(s) "
+                      f"(duplicate or near-identical cells) for n_clusters={n_clusters}: the data cannot support "
+                      f"more than {n_distinct} cluster(s), and a split of identical cells is arbitrary. "
+                      "Pass a smaller n_clusters.", UserWarning, stacklevel=3)
+
+
+def count_clusters(labels: np.ndarray, n_clusters: int) -> int:
+    """Number of non-empty clusters among the ``n_clusters`` asked for; warns when some are empty."""
+    found = int(np.unique(np.asarray(labels)).size)
+    if found < n_clusters:
+        warnings.warn(f"{n_clusters - found} of the n_clusters={n_clusters} clusters are empty: the cells were "
+                      f"split into {found}. The data do not support {n_clusters} clusters; pass a smaller "
+                      "n_clusters, or None to estimate it.", UserWarning, stacklevel=3)
+    return found

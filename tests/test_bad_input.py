@@ -192,6 +192,14 @@ def test_scaled_x_without_counts_layer_says_how_to_name_one(counts):
 # ---------------------------------------------------------- number of clusters
 
 
+def test_identical_cells_warn_that_k_is_not_supported(counts):
+    same = counts[[0] * 60].copy()
+    same.obs_names_make_unique()
+    with pytest.warns(UserWarning, match=r"The 60 cells have only 1 distinct expression profile\(s\) .* "
+                                         r"n_clusters=2: the data cannot support more than 1"):
+        tl.cluster(same, 2, config=FAST, progress=False)
+
+
 def test_fewer_cells_than_clusters_is_refused(adata):
     with pytest.raises(InputError, match=r"n_clusters=10 is larger than the number of cells \(5\)"):
         tl.cluster(adata[:5].copy(), 10, config=FAST, progress=False)
