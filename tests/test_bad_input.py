@@ -189,6 +189,20 @@ def test_scaled_x_without_counts_layer_says_how_to_name_one(counts):
         tl.cluster(adata, K, config=FAST, progress=False)
 
 
+def test_cli_layer_option(counts, reference, tmp_path, capsys):
+    adata = scaled_with_counts_layer(counts)
+    adata.layers["umi"] = adata.layers.pop("counts")  # not found by itself: only --layer reaches it
+    path, out = tmp_path / "scaled.h5ad", tmp_path / "out.h5ad"
+    adata.write_h5ad(path)
+    base = ["cluster", str(path), "--out", str(out), "--n-clusters", str(K), "--graph-only", "--quiet"]
+    assert main(base) == 2
+    assert "negative values" in one_error_line(capsys)
+    assert main([*base, "--layer", "umi", "--config", str(config_file(TRAINED, tmp_path))]) == 0
+    result = read(out)
+    assert result.uns["scllm"]["input"]["layer"] == "umi"
+    assert_clustered(result, reference)
+
+
 # ---------------------------------------------------------- number of clusters
 
 
@@ -198,6 +212,27 @@ def test_identical_cells_warn_that_k_is_not_supported(counts):
     with pytest.warns(UserWarning, match=r"The 60 cells have only 1 distinct expression profile\(s\) .* "
                                          r"n_clusters=2: the data cannot support more than 1"):
         tl.cluster(same, 2, config=FAST, progress=False)
+
+
+def test_empty_clusters_are_reported(counts, tmp_path, capsys):
+    """Ten real cells, each twice, and K = 20: at most ten clusters can be told apart."""
+    twice = counts[np.repeat(np.arange(10), 2)].copy()
+    twice.obs_names_make_unique()
+    path, out = tmp_path / "twice.h5ad", tmp_path / "out.h5ad"
+    twice.write_h5ad(path)
+    config = config_file(TRAINED, tmp_path)
+    with pytest.warns(UserWarning, match=r"only 10 distinct expression profile\(s\)") as caught:
+        assert main(["cluster", str(path), "--out", str(out), "--n-clusters", "20", "--config", str(config),
+                     "--quiet"]) == 0
+    empty = [w for w in caught if "clusters are empty" in str(w.message)]
+    assert empty, "no warning about empty clusters"
+    result = read(out)
+    found = result.uns["scllm"]["n_clusters_found"]
+    assert found == result.obs["scllm"].nunique() <= 10
+    assert result.uns["scllm"]["params"]["n_clusters"] == 20
+    assert f"clusters: {found} non-empty of 20 asked for" in capsys.readouterr().out
+    assert f"the cells were split into {found}" in str(empty[0].message)
+
 
 
 def test_fewer_cells_than_clusters_is_refused(adata):
