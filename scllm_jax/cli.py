@@ -43,10 +43,14 @@ def _config(args):
     if getattr(args, "restart", False):
         values["checkpoint_restart"] = True
     try:
-        return ScllmConfig.from_dict(values)
+        config = ScllmConfig.from_dict(values)
     except (ValueError, TypeError) as error:
         source = f"--config {args.config}" if getattr(args, "config", None) else "the options"
         raise InputError(f"{source}: {error}") from error
+    if config.checkpoint_restart and config.checkpoint_dir is None:
+        raise InputError("--restart discards the checkpoints of a checkpoint folder, but none is given; add "
+                         "--checkpoint-dir DIR (or checkpoint_dir in --config), or drop --restart.")
+    return config
 
 
 def _print_metrics(adata, key: str, label_key: str) -> None:

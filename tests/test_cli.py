@@ -117,6 +117,11 @@ def test_missing_config_file_is_named(cells_file, tmp_path, capsys):
                                  "check the path."
 
 
+def test_restart_without_a_checkpoint_folder_is_refused(cells_file, tmp_path, capsys):
+    assert main(["cluster", str(cells_file), "--out", str(tmp_path / "o.h5ad"), "--restart"]) == 2
+    assert "--restart discards the checkpoints of a checkpoint folder, but none is given" in one_error_line(capsys)
+
+
 # ------------------------------------------------------------------------- Ctrl-C
 
 
