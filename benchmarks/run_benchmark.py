@@ -16,6 +16,8 @@ Examples
     python benchmarks/run_benchmark.py --methods leiden_r1 kmeans --seeds 0
     python benchmarks/run_benchmark.py --datasets cellbench_5cl_p1 --no-ablations
     python benchmarks/run_benchmark.py --summary-only               # redo .md and .png from the TSV
+    python benchmarks/extra_datasets.py && \
+        python benchmarks/run_benchmark.py --data-dir benchmarks/data  # pbmc68k_reduced, GO-programme control
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ SCLLM_METHODS: dict[str, dict] = {
     "scllm_no_ncut": {"weight_ncut": 0.0},
     # K not given: estimated by Leiden on the principal components (tl.cluster's n_clusters=None).
     "scllm_auto_k": {},
+    # Negative control of the knowledge view: the full model on the data with its gene symbols
+    # permuted among genes (scllm_jax.controls.permute_gene_symbols, permutation seed = fit seed).
+    "scllm_permuted_symbols": {},
 }
 #: scllm methods that are not told K.
 AUTO_K_METHODS = ("scllm_auto_k",)
 #: Ablations run only on datasets with gene symbols (without them the semantic view is off anyway).
-ABLATIONS = ("scllm_graph_only", "scllm_path1_only", "scllm_path2_only", "scllm_no_infonce")
+ABLATIONS = ("scllm_graph_only", "scllm_path1_only", "scllm_path2_only", "scllm_no_infonce",
+             "scllm_permuted_symbols")
 #: Ablations of the structural view: they run on every dataset (when ablations are on).
 STRUCTURAL_ABLATIONS = ("scllm_no_ncut",)
 BASELINES = ("leiden_r1", "kmeans")
@@ -164,6 +170,10 @@ def _fit_scllm(adata, method: str, seed: int, n_clusters: int) -> tuple[object, 
     from scllm_jax.config import ScllmConfig
 
     config = ScllmConfig(seed=seed, **SCLLM_METHODS[method])
+    if method == "scllm_permuted_symbols":
+        from scllm_jax.controls import permute_gene_symbols
+
+        adata = permute_gene_symbols(adata, seed)
     tl.cluster(adata, n_clusters=None if method in AUTO_K_METHODS else n_clusters, config=config, progress=False)
     record = adata.uns["scllm"]
     timings, epochs = record["timings"], record["n_epochs"]

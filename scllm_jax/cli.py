@@ -71,7 +71,9 @@ def _print_knowledge(adata, key: str) -> None:
     table = adata.uns[key].get("cluster_knowledge")
     if table is not None:
         for row in table.itertuples():
-            print(f"  cluster {row.cluster}: markers {row.markers} | knowledge: {row.knowledge_terms}")
+            note = getattr(row, "knowledge_note", "")
+            print(f"  cluster {row.cluster}: markers {row.markers} | knowledge: {row.knowledge_terms}"
+                  + (f" | {note}" if note else ""))
 
 
 def _write_plots(adata, key: str, label_key: str | None, folder: Path) -> list[Path]:
@@ -93,7 +95,7 @@ def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
 
     key = "scllm"
     tl.cluster(adata, args.n_clusters, layer=getattr(args, "layer", None), key_added=key, config=args.settings,
-               progress=not args.quiet)
+               progress=not args.quiet, gene_symbols_key=getattr(args, "gene_symbols_key", None))
     timings = adata.uns[key]["timings"]
     asked, found = adata.uns[key]["params"]["n_clusters"], adata.uns[key]["n_clusters_found"]
     clusters = f"{found}" if found == asked else f"{found} non-empty of {asked} asked for"
@@ -201,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "no counts but that layer does)")
     p.add_argument("--label-key", default=None, help="obs column of known labels: print ARI/NMI/ACC/F1")
     p.add_argument("--plots", default=None, help="folder for UMAP / training / confusion PNGs")
+    p.add_argument("--gene-symbols-key", default=None,
+                   help="var column holding gene symbols (default: var_names, symbols or Ensembl ids)")
     common(p)
     p.set_defaults(func=cmd_cluster)
 

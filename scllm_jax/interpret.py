@@ -46,22 +46,35 @@ def cluster_markers(log_expression: sp.csr_matrix, gene_names: np.ndarray, label
 
 def cluster_knowledge(labels: np.ndarray, log_expression: sp.csr_matrix, gene_names: np.ndarray, *,
                       cell_text: np.ndarray | None = None, gene_table: dict | None = None,
-                      knowledge=None, n_markers: int = 5, n_nearest: int = 10,
+                      knowledge=None, species: str | None = None, n_markers: int = 5, n_nearest: int = 10,
                       n_terms: int = 3) -> pd.DataFrame:
     """One row per cluster: size, marker genes, and the knowledge nearest its semantic centroid.
 
     The semantic centroid is the cluster's mean cell text embedding minus the mean
     over all cells (what sets the cluster apart). The genes whose knowledge
     embeddings lie nearest to it (cosine) are listed, with the Gene Ontology
-    process terms most frequent among them.
+    process terms most frequent among them. Markers the knowledge base has no
+    text for are named in ``knowledge_note``; for a non-human species it also
+    says that genes are matched to the human knowledge by name only, since no
+    orthology table ships offline (mouse ``Ins1``/``Ins2`` find no human ``INS``).
+
+    Parameters
+    ----------
+    species
+        The data's species (``uns['species']``); anything but human adds the
+        orthology caveat to ``knowledge_note``.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``cluster``, ``n_cells``, ``markers``, ``nearest_genes``,
-        ``knowledge_terms`` (strings; the last two empty without a semantic view).
+        ``knowledge_terms``, ``knowledge_note`` (strings; the last three empty
+        without a semantic view).
     """
     markers = cluster_markers(log_expression, gene_names, labels, n_markers)
+    described = {}
+    if gene_table is not None and "symbols" in gene_table:
+        described = dict(zip(map(str, gene_table["gene_names"]), np.asarray(gene_table["mask"], dtype=bool)))
     usable = cell_text is not None and gene_table is not None and gene_table.get("embeddings") is not None
     if usable:
         embedded = np.flatnonzero(gene_table["mask"])
@@ -78,8 +91,24 @@ def cluster_knowledge(labels: np.ndarray, log_expression: sp.csr_matrix, gene_na
             terms = _frequent_terms(nearest, knowledge, n_terms) if knowledge is not None else []
         rows.append({"cluster": str(cluster), "n_cells": int(np.sum(labels == cluster)),
                      "markers": ", ".join(markers[cluster]), "nearest_genes": ", ".join(nearest),
-                     "knowledge_terms": "; ".join(terms)})
+                     "knowledge_terms": "; ".join(terms),
+                     "knowledge_note": _knowledge_note(markers[cluster], described, species)})
     return pd.DataFrame(rows)
+
+
+def _knowledge_note(markers: list[str], described: dict[str, bool], species: str | None) -> str:
+    """Which markers have no knowledge text, and why that may be (name matching across species)."""
+    if not described:
+        return ""
+    unknown = [gene for gene in markers if not described.get(gene, False)]
+    if not unknown:
+        return ""
+    note = f"no knowledge for {', '.join(unknown)}"
+    from .knowledge.gene_table import is_human_species
+
+    if species and not is_human_species(species):
+        note += f" ({species} genes match human knowledge by name only: no orthology table ships offline)"
+    return note
 
 
 def _frequent_terms(symbols: list[str], knowledge, n_terms: int) -> list[str]:

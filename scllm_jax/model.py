@@ -75,7 +75,7 @@ class ScllmModel:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
-            progress: bool = True) -> "ScllmModel":
+            gene_symbols_key: str | None = None, progress: bool = True) -> "ScllmModel":
         """Preprocess, build the graph and the semantic view, and train.
 
         Parameters
@@ -92,6 +92,9 @@ class ScllmModel:
             Cluster ``adata.layers[layer]`` instead of ``X``; ``None`` takes
             ``X``, or ``layers['counts']`` when ``X`` holds no counts but that
             layer does (said with a warning).
+        gene_symbols_key
+            The ``adata.var`` column of gene symbols for the semantic view;
+            ``None``: ``var_names`` (symbols or human Ensembl ids).
         progress
             Show progress bars.
 
@@ -113,7 +116,7 @@ class ScllmModel:
         self.preprocessor, prepared = Preprocessor.fit(adata, config, layer=layer)
         self.timings["preprocess"] = time.perf_counter() - start
         logger.info("preprocessed %d cells in %.1f s", prepared.n_cells, self.timings["preprocess"])
-        text = self._semantic_view(adata, prepared, progress=progress)
+        text = self._semantic_view(adata, prepared, gene_symbols_key=gene_symbols_key, progress=progress)
         self.prepared_, self.cell_text_ = prepared, text
         data, self.timings["graph"] = self._training_data(prepared, text)
         logger.info("graph and training data in %.1f s", self.timings["graph"])
@@ -136,14 +139,16 @@ class ScllmModel:
         self.n_clusters_found_ = count_clusters(self.labels_, self.n_clusters)
         return self
 
-    def _semantic_view(self, adata: ad.AnnData, prepared: PreparedData, *, progress: bool) -> np.ndarray | None:
+    def _semantic_view(self, adata: ad.AnnData, prepared: PreparedData, *, gene_symbols_key: str | None,
+                       progress: bool) -> np.ndarray | None:
         if not self.config.use_semantic:
             self.semantic_info = {"used": False, "reason": "use_semantic=False"}
             return None
         from .semantic import build_semantic_view
 
         start = time.perf_counter()
-        view = build_semantic_view(adata, prepared, self.config, progress=progress)
+        view = build_semantic_view(adata, prepared, self.config, gene_symbols_key=gene_symbols_key,
+                                   progress=progress)
         self.timings["semantic"] = time.perf_counter() - start
         self.semantic_info = view.info
         self._gene_embeddings = view.gene_embeddings
@@ -200,7 +205,7 @@ class ScllmModel:
             knowledge = load_gene_knowledge()
         return cluster_knowledge(self.labels_, self.prepared_.log_expression, self.prepared_.gene_names,
                                  cell_text=self.cell_text_, gene_table=self._gene_embeddings,
-                                 knowledge=knowledge)
+                                 knowledge=knowledge, species=self.semantic_info.get("species"))
 
     @property
     def embedding_(self) -> np.ndarray:
@@ -245,7 +250,7 @@ class ScllmModel:
             from .semantic import cell_view_from_gene_embeddings
 
             text = cell_view_from_gene_embeddings(adata, prepared, self._gene_embeddings, self.config,
-                                                  progress=progress)
+                                                  paths=self.semantic_info["paths"], progress=progress)
         n_reference, n_new = self._reference_pca.shape[0], prepared.n_cells
         adjacency = attach_cells(self._reference_adjacency, self._reference_pca, prepared.pca,
                                  self.config.n_neighbors, exact_max_cells=self.config.exact_knn_max_cells,
@@ -306,7 +311,9 @@ class ScllmModel:
             raise InputError(f"{path} holds model format {meta.get('format_version')}, this version reads "
                              f"{_FORMAT_VERSION} (which keeps the training cells' graph, so that predict places "
                              "new cells among them); refit the model and save it again.")
-        model = cls(ScllmConfig.from_dict(meta["config"]))
+        # Models saved before path 1 had settings were trained with the paper's pooling.
+        saved = {"path1_weights": "log", "gene_postprocess": "none", **meta["config"]}
+        model = cls(ScllmConfig.from_dict(saved))
         model.n_clusters, model._text_dim = meta["n_clusters"], meta["text_dim"]
         model.semantic_info = meta.get("semantic_info", {})
         with np.load(path / "preprocessor.npz", allow_pickle=False) as arrays:

@@ -28,7 +28,7 @@ def _versions() -> dict[str, str]:
 
 def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
             key_added: str = "scllm", config: ScllmConfig | None = None, copy: bool = False,
-            progress: bool = True, return_model: bool = False):
+            progress: bool = True, return_model: bool = False, gene_symbols_key: str | None = None):
     """Cluster cells with scLLM-DSC.
 
     Parameters
@@ -57,6 +57,10 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
         Show progress bars.
     return_model
         Also return the fitted :class:`~scllm_jax.model.ScllmModel`.
+    gene_symbols_key
+        The ``adata.var`` column holding gene symbols (scanpy's convention);
+        ``None`` reads ``var_names`` (symbols, or human Ensembl ids with or
+        without version suffix).
 
     Returns
     -------
@@ -82,7 +86,8 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
     """
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
-    model = ScllmModel(config or ScllmConfig()).fit(adata, n_clusters, layer=layer, progress=progress)
+    model = ScllmModel(config or ScllmConfig()).fit(adata, n_clusters, layer=layer,
+                                                    gene_symbols_key=gene_symbols_key, progress=progress)
     result = model.result
     categories = [str(i) for i in range(model.n_clusters)]
     adata.obs[key_added] = pd.Categorical(result.labels.astype(str), categories=categories)

@@ -172,3 +172,17 @@ def test_neighbors_workaround_gives_scanpy_graph(rb, monkeypatch):
     for key in ("distances", "connectivities"):
         assert ours.obsp[key].nnz == reference.obsp[key].nnz
         assert abs(ours.obsp[key] - reference.obsp[key]).max() == 0
+
+
+def test_permuted_symbols_control_fits_on_permuted_names(rb, data_dir, monkeypatch):
+    import anndata as ad
+
+    adata = ad.read_h5ad(data_dir / "pancreas_small.h5ad")
+    truth = adata.obs.pop("cell_type")
+    # The control's own overrides are none (the full model); a short path-1 run keeps the test fast.
+    monkeypatch.setitem(rb.SCLLM_METHODS, "scllm_permuted_symbols",
+                        {"use_path2": False, "pretrain_epochs": 10, "cluster_epochs": 10})
+    labels, extra = rb._fit_scllm(adata, "scllm_permuted_symbols", 0, n_clusters=int(truth.nunique()))
+    assert extra["semantic_used"] is True and len(labels) == adata.n_obs
+    assert "scllm" not in adata.obs  # the fit ran on a permuted copy, not on the caller's data
+    assert "scllm_permuted_symbols" in rb.ABLATIONS  # only where there are symbols to permute

@@ -140,3 +140,59 @@ def test_fuse_views():
         fuse_views(z1[0], z2[0])
     with pytest.raises(ValueError):
         fuse_views(z1, z2, weight=1.5)
+
+
+@pytest.fixture(scope="module")
+def anisotropic_genes():
+    """Gene vectors like a language model's: a large shared mean and a few dominant directions."""
+    rng = np.random.default_rng(3)
+    n_genes, d = 60, 200
+    genes = rng.standard_normal((n_genes, d)) * 0.1 + 2.0 * rng.standard_normal(d)
+    genes += rng.standard_normal((n_genes, 1)) * 3.0 * rng.standard_normal(d)  # a dominant direction
+    genes[[4, 9]] = 0.0  # genes without an embedding
+    return genes.astype(np.float32)
+
+
+def test_postprocess_centre_abtt_and_whiten(anisotropic_genes):
+    from scllm_jax.knowledge.cell_text import postprocess_gene_embeddings
+
+    genes = anisotropic_genes
+    mask = np.any(genes != 0, axis=1)
+    np.testing.assert_array_equal(postprocess_gene_embeddings(genes, method="none"), genes)
+    centred = postprocess_gene_embeddings(genes, method="centre")
+    np.testing.assert_allclose(centred[mask].mean(axis=0), 0.0, atol=1e-5)
+    # all-but-the-top removes ceil(d / 100) = 2 principal directions of the centred vectors
+    _, _, directions = np.linalg.svd(centred[mask].astype(np.float64), full_matrices=False)
+    abtt = postprocess_gene_embeddings(genes, mask, "abtt")
+    np.testing.assert_allclose(abtt[mask] @ directions[:2].T, 0.0, atol=1e-4)
+    np.testing.assert_allclose(abtt[mask] @ directions[2:10].T, centred[mask] @ directions[2:10].T, atol=1e-4)
+    whitened = postprocess_gene_embeddings(genes, mask, "whiten")
+    spread = np.linalg.svd(whitened[mask].astype(np.float64), compute_uv=False)
+    kept = spread[spread > 1e-3]
+    np.testing.assert_allclose(kept, kept[0], rtol=1e-4)  # every remaining direction has the same variance
+    assert len(kept) == mask.sum() - 1 - 2
+    for result in (centred, abtt, whitened):
+        np.testing.assert_array_equal(result[~mask], 0.0)
+    with pytest.raises(ValueError, match="method"):
+        postprocess_gene_embeddings(genes, method="pca")
+
+
+def test_standardised_embedding_matches_numpy_and_lazy_input(anisotropic_genes):
+    from scllm_jax.knowledge.cell_text import standardised_embedding
+    from scllm_jax.preprocess import ScaledExpression
+
+    rng = np.random.default_rng(5)
+    log = sp.csr_matrix(np.log1p(rng.poisson(0.7, (23, anisotropic_genes.shape[0]))).astype(np.float32))
+    mean = np.asarray(log.mean(axis=0)).ravel()
+    std = np.sqrt(np.asarray(log.multiply(log).mean(axis=0)).ravel() - mean ** 2) + 0.1
+    lazy = ScaledExpression(log, mean, std)
+    dense = np.asarray(lazy)
+    mask = np.any(anisotropic_genes != 0, axis=1)
+    genes = anisotropic_genes[mask].astype(np.float64)
+    expected = dense[:, mask] @ genes / np.linalg.norm(genes)  # one scale for all cells, none per cell
+    for source, batch in ((dense, 4096), (dense, 5), (lazy, 7)):
+        result = standardised_embedding(source, anisotropic_genes, batch_size=batch)
+        assert result.shape == expected.shape and result.dtype == np.float32
+        np.testing.assert_allclose(result, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="genes"):
+        standardised_embedding(dense[:, :-1], anisotropic_genes)

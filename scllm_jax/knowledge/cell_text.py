@@ -1,8 +1,13 @@
 """The cell semantic view: cells as text embeddings (METHOD.md, steps 3-5).
 
-Path 1 (:func:`abundance_weighted_embedding`) sums the embeddings of each cell's
-top-k expressed genes, weighted by expression (``Z1 = X_topk @ G_topk``), as one
-jitted JAX computation over fixed-size blocks of cells. Path 2
+Path 1 pools gene embeddings into cells. The gene embeddings are first
+post-processed (:func:`postprocess_gene_embeddings`: centred, their top common
+directions removed, optionally whitened), then summed per cell with one of two
+weightings: :func:`standardised_embedding` weighs every variable gene by its
+per-gene standardised expression (``Z1 = X_std @ G``, one scale for all cells);
+:func:`abundance_weighted_embedding` is the paper's sum of the top-k expressed
+genes weighted by expression (``Z1 = X_topk @ G_topk``), as one jitted JAX
+computation over fixed-size blocks of cells. Path 2
 (:func:`cell_sentences`, :func:`sentence_embeddings`) writes each cell as a
 Cell2Sentence sentence (its expressed gene symbols, most expressed first) and
 embeds the sentence with the language model. :func:`fuse_views` mixes the two.
@@ -20,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
+from ..config import GENE_POSTPROCESSING
 from .language_model import DEFAULT_MODEL, EmbeddingCache, cached_embed_texts, to_device_array
 
 __all__ = [
@@ -27,7 +33,9 @@ __all__ = [
     "abundance_weighted_embedding",
     "cell_sentences",
     "fuse_views",
+    "postprocess_gene_embeddings",
     "sentence_embeddings",
+    "standardised_embedding",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +45,134 @@ logger = logging.getLogger(__name__)
 SENTENCE_VERSION = "cell2sentence/v1"
 
 _EPS = 1e-12
+
+def _gene_mask(genes: np.ndarray, gene_mask: np.ndarray | None) -> np.ndarray:
+    """``gene_mask`` as booleans of shape ``(n_genes,)``; ``None``: the rows of ``genes`` that are not all zero."""
+    if gene_mask is None:
+        return np.any(np.asarray(genes) != 0, axis=1)
+    mask = np.asarray(gene_mask, dtype=bool)
+    if mask.shape != (genes.shape[0],):
+        raise ValueError(f"gene_mask must have shape ({genes.shape[0]},), got {mask.shape}.")
+    return mask
+
+
+def postprocess_gene_embeddings(gene_embeddings: np.ndarray, gene_mask: np.ndarray | None = None,
+                                method: str = "abtt") -> np.ndarray:
+    """Remove what all gene embeddings share before they are pooled into cells.
+
+    Language-model embeddings of texts written from one template share a large
+    mean and a few dominant directions (format, length, gene type), which carry
+    little about what a gene does and swamp the differences between cells once
+    summed. ``"centre"`` subtracts the mean gene vector; ``"abtt"``
+    ("all-but-the-top", Mu & Viswanath 2018) also projects out the top
+    ``D = ceil(d / 100)`` principal directions (their rule of thumb; 4 for
+    d = 384); ``"whiten"`` then scales every remaining principal direction to
+    the same variance (so no direction of the text space dominates the cell
+    distances). Statistics are taken over the embedded genes (rows with
+    ``gene_mask``), which are the genes the cells are pooled from.
+
+    Parameters
+    ----------
+    gene_embeddings
+        ``(n_genes, d)`` gene embeddings; rows outside ``gene_mask`` are ignored
+        and returned as zeros.
+    gene_mask
+        ``(n_genes,)`` booleans, True where a gene has an embedding; ``None``:
+        rows that are not all zero.
+    method
+        One of :data:`scllm_jax.config.GENE_POSTPROCESSING`; ``"none"`` returns the input.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_genes, d)`` float32.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``method``.
+    """
+    if method not in GENE_POSTPROCESSING:
+        raise ValueError(f"method must be one of {GENE_POSTPROCESSING}, got {method!r}.")
+    genes = np.asarray(gene_embeddings, dtype=np.float64)
+    mask = _gene_mask(genes, gene_mask)
+    if method == "none" or mask.sum() < 2:
+        return genes.astype(np.float32)
+    kept = genes[mask] - genes[mask].mean(axis=0)
+    if method != "centre":
+        _, singular, directions = np.linalg.svd(kept, full_matrices=False)
+        top = min(-(-genes.shape[1] // 100), len(singular) - 1)
+        kept = kept - (kept @ directions[:top].T) @ directions[:top]
+        if method == "whiten":
+            rest, scale = directions[top:], singular[top:] / np.sqrt(len(kept))
+            keep = scale > scale[0] * 1e-6  # directions with no spread stay at zero
+            kept = (kept @ rest[keep].T) / scale[keep] @ rest[keep]
+    out = np.zeros_like(genes)
+    out[mask] = kept
+    return out.astype(np.float32)
+
+
+@jax.jit
+def _project_block(rows: jax.Array, genes: jax.Array) -> jax.Array:
+    return rows @ genes
+
+
+def standardised_embedding(scaled_expression, gene_embeddings: np.ndarray | jax.Array, *,
+                           gene_mask: np.ndarray | None = None, batch_size: int = 4096) -> np.ndarray:
+    """Path 1 with standardised weights: ``Z1 = X_std @ G / ||G||_F`` over all variable genes.
+
+    Each gene weighs a cell by its per-gene standardised expression (zero mean,
+    unit variance over cells, as the expression view's PCA input), so a gene
+    counts by how far this cell departs from the average cell, not by how
+    abundant it is everywhere: a house-keeping gene that every cell expresses
+    highly adds nothing, a marker adds in the cells that express it and
+    subtracts in the others. Genes without an embedding weigh nothing.
+
+    There is no per-cell normalisation: a cell's norm says how far it lies from
+    the average cell, which is biology, not sequencing depth. One factor for
+    all cells, ``1 / ||G||_F`` over the embedded genes, puts the result on a
+    unit scale (a cell whose standardised expression is white noise has
+    ``E ||z||^2 = 1``); it depends on the genes only, so new cells are
+    embedded on the same scale.
+
+    Parameters
+    ----------
+    scaled_expression
+        ``(n_cells, n_genes)`` standardised expression: a dense array, or an
+        object with ``blocks(size)`` yielding ``(start, dense rows)`` such as
+        :class:`~scllm_jax.preprocess.ScaledExpression`.
+    gene_embeddings, gene_mask
+        As for :func:`abundance_weighted_embedding`.
+    batch_size
+        Cells per jitted block (the last one padded, so one compilation).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_cells, d)`` float32; raises ValueError where the shapes disagree.
+    """
+    genes = np.asarray(gene_embeddings, dtype=np.float32)
+    n_genes = genes.shape[0]
+    mask = _gene_mask(genes, gene_mask)
+    genes = np.where(mask[:, None], genes, 0.0)
+    genes = to_device_array(genes / max(float(np.linalg.norm(genes)), _EPS))
+    if hasattr(scaled_expression, "blocks"):
+        n_cells = scaled_expression.shape[0]
+        blocks = scaled_expression.blocks(batch_size)
+    else:
+        dense = np.asarray(scaled_expression, dtype=np.float32)
+        n_cells = dense.shape[0]
+        blocks = ((start, dense[start:start + batch_size]) for start in range(0, n_cells, batch_size))
+    if scaled_expression.shape[1] != n_genes:
+        raise ValueError(f"expression has {scaled_expression.shape[1]} genes but gene_embeddings has "
+                         f"{n_genes} rows.")
+    out = np.empty((n_cells, genes.shape[1]), dtype=np.float32)
+    rows_per_block = max(1, min(batch_size, n_cells))
+    for start, rows in blocks:
+        padded = np.zeros((rows_per_block, n_genes), dtype=np.float32)
+        padded[: len(rows)] = rows
+        out[start:start + len(rows)] = np.asarray(_project_block(jnp.asarray(padded), genes))[: len(rows)]
+    return out
 
 
 def _as_csr(expression: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
@@ -182,11 +318,7 @@ def abundance_weighted_embedding(expression: np.ndarray | sp.spmatrix | sp.sparr
     if genes_host.shape[0] != n_genes:
         raise ValueError(f"expression has {n_genes} genes but gene_embeddings has "
                          f"{genes_host.shape[0]} rows.")
-    if gene_mask is None:
-        gene_mask = np.any(np.asarray(genes_host) != 0, axis=1)
-    gene_mask = np.asarray(gene_mask, dtype=bool)
-    if gene_mask.shape != (n_genes,):
-        raise ValueError(f"gene_mask must have shape ({n_genes},), got {gene_mask.shape}.")
+    gene_mask = _gene_mask(genes_host, gene_mask)
     if not gene_mask.all():
         matrix = matrix @ sp.diags(gene_mask.astype(np.float32), format="csr")
         matrix.eliminate_zeros()

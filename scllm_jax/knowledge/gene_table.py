@@ -90,6 +90,21 @@ class GeneKnowledge:
         """Upper-case Ensembl gene id (no version) -> index key, where unambiguous."""
         return _unique_lookup(self.table["ensembl_id"])
 
+    @functools.cached_property
+    def described(self) -> frozenset[str]:
+        """Index keys of the genes with functional knowledge.
+
+        Protein-coding genes, and genes with a Gene Ontology term or a summary.
+        The others (most pseudogenes and non-coding RNAs) have only a name, a
+        type and a location: their text says what kind of gene they are, not
+        what they do, so the semantic view leaves them out.
+        """
+        table = self.table
+        functional = (table["gene_type"] == "protein-coding") | (table["summary"] != "")
+        for column in ("go_bp", "go_mf", "go_cc"):
+            functional |= table[column] != ""
+        return frozenset(table.index[functional.to_numpy()])
+
     def __len__(self) -> int:
         return len(self.table)
 
@@ -325,12 +340,13 @@ class SymbolMapping:
         text = (f"{self.n_matched} of {self.n_genes} genes "
                 f"({100 * self.fraction_matched:.1f}%) matched the knowledge base "
                 f"({', '.join(extra)})")
-        if self.species and not _is_human(self.species):
+        if self.species and not is_human_species(self.species):
             text += f"; {self.species} names matched to human symbols by name, not orthology"
         return text
 
 
-def _is_human(species: str) -> bool:
+def is_human_species(species: str) -> bool:
+    """Whether a species name (``uns['species']``: "human", "Homo sapiens", "9606", ...) means human."""
     return species.strip().lower() in {"human", "homo sapiens", "hsapiens", "9606", "hs"}
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "EmbeddingCache",
     "cached_embed_texts",
     "default_cache_dir",
+    "default_device",
     "embed_texts",
     "load_language_model",
     "model_fingerprint",
@@ -137,7 +138,8 @@ def _load(resolved: str, device: str) -> tuple[Any, Any]:
     return tokenizer, network
 
 
-def _default_device() -> str:
+def default_device() -> str:
+    """The torch device texts are embedded on: ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
     import torch
 
     if torch.cuda.is_available():
@@ -167,7 +169,7 @@ def load_language_model(model: str = DEFAULT_MODEL, device: str | None = None) -
         The model cannot be loaded; the message says what to do.
     """
     resolved = resolve_model_path(model)
-    return _load(resolved, device or _default_device())
+    return _load(resolved, device or default_device())
 
 
 def _hash_file(path: Path) -> str:

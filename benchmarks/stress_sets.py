@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Imbalance stress sets: labelled dev sets subsampled so that one type dominates.
+
+Methods that split a large cell type to fill K clusters (DEC's size-balancing
+target, relaxed normalised cuts) look fine on balanced data and fail where one
+type holds half the cells or more, as in many pancreas and blood sets. Each
+stress set keeps every cell of a dataset's largest type, which then holds a
+fraction ``f`` of the subsample (0.5, 0.6 or 0.7 by subsample seed): the other
+types are drawn with geometrically falling shares, in a random order, so that
+some are rare (at least ``MIN_CELLS`` cells each), and where small types cannot
+fill their shares the dominant type is subsampled to keep ``f``. K of a stress set is the
+number of types it contains.
+
+The sets are derived data: they are written to a folder outside git
+(default ``benchmarks/stress_data/``) and are rebuilt identically from the
+same source files and seeds.
+
+Examples
+--------
+    python benchmarks/stress_sets.py                        # all dev sets, subsample seeds 0 1
+    python benchmarks/run_benchmark.py --data-dir benchmarks/stress_data --out-dir benchmarks/results/stress
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_OUT = REPO / "benchmarks" / "stress_data"
+LABEL_KEY = "cell_type"
+#: Fraction of cells of the dominant type, by subsample seed (cycled).
+DOMINANT_FRACTIONS = (0.5, 0.6, 0.7)
+#: Each non-dominant type's share is this times the share of the one before it (in a random order).
+SHARE_DECAY = 0.6
+#: A type kept in a stress set has at least this many cells.
+MIN_CELLS = 5
+
+
+def stress_subsample(labels: np.ndarray, dominant_fraction: float, seed: int) -> np.ndarray:
+    """Indices of a subsample in which the largest type holds ``dominant_fraction`` of the cells.
+
+    Parameters
+    ----------
+    labels
+        Cell-type label of each cell.
+    dominant_fraction
+        Share of the largest type in the subsample.
+    seed
+        Seed of the order of the other types and of the cells drawn.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted indices into ``labels``.
+    """
+    if not 0.0 < dominant_fraction < 1.0:
+        raise ValueError(f"dominant_fraction must lie in (0, 1), got {dominant_fraction}")
+    rng = np.random.default_rng(seed)
+    types, counts = np.unique(labels, return_counts=True)
+    dominant = types[np.argmax(counts)]
+    n_dominant = int(counts.max())
+    others = rng.permutation(types[types != dominant])
+    n_rest = int(round(n_dominant * (1.0 - dominant_fraction) / dominant_fraction))
+    shares = SHARE_DECAY ** np.arange(len(others))
+    wanted = np.maximum(MIN_CELLS, np.round(n_rest * shares / shares.sum())).astype(int)
+    picked = []
+    for kind, size in zip(others, wanted):
+        members = np.flatnonzero(labels == kind)
+        if members.size < MIN_CELLS:
+            continue
+        picked.append(rng.choice(members, min(size, members.size), replace=False))
+    n_others = sum(part.size for part in picked)
+    # Small types may not fill their shares: then fewer dominant cells keep the fraction.
+    n_keep = min(n_dominant, int(round(n_others * dominant_fraction / (1.0 - dominant_fraction))))
+    picked.append(rng.choice(np.flatnonzero(labels == dominant), n_keep, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def write_stress_sets(data_dir: Path, out_dir: Path, seeds: list[int], datasets: list[str] | None = None) -> list[Path]:
+    """Write one stress set per dataset and subsample seed; returns the paths written."""
+    import anndata as ad
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = sorted(p for p in data_dir.glob("*.h5ad") if datasets is None or p.stem in datasets)
+    if not paths:
+        raise SystemExit(f"No .h5ad files in {data_dir}.")
+    written = []
+    for path in paths:
+        adata = ad.read_h5ad(path)
+        labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
+        for seed in seeds:
+            fraction = DOMINANT_FRACTIONS[seed % len(DOMINANT_FRACTIONS)]
+            rows = stress_subsample(labels, fraction, seed)
+            subset = adata[rows].copy()
+            subset.obs[LABEL_KEY] = subset.obs[LABEL_KEY].astype(str).astype("category")
+            subset.uns["source"] = (f"{path.name}: stress subsample, seed {seed}, largest type "
+                                    f"{fraction:.0%} of cells ({Path(__file__).name})")
+            target = out_dir / f"{path.stem}_stress{seed}.h5ad"
+            subset.write_h5ad(target)
+            sizes = subset.obs[LABEL_KEY].value_counts().to_numpy()
+            print(f"{target.name}: {subset.n_obs} cells, {len(sizes)} types, sizes {sizes.tolist()}")
+            written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help=f"source .h5ad folder ({DEFAULT_DATA})")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help=f"where the sets go ({DEFAULT_OUT})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="subsample seeds (default 0 1)")
+    parser.add_argument("--datasets", nargs="+", default=None, help="dataset names (file stems); default all")
+    args = parser.parse_args(argv)
+    write_stress_sets(args.data_dir, args.out_dir, args.seeds, args.datasets)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
