@@ -10,14 +10,47 @@ import warnings
 from pathlib import Path
 
 
-def _config(args):
-    from .config import ScllmConfig
+def _config_file(path: str) -> dict:
+    """The fields of a ``--config`` JSON file; every error names the file."""
+    from .validation import InputError
 
-    values = json.loads(Path(args.config).read_text()) if getattr(args, "config", None) else {}
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise InputError(f"--config {path}: cannot be read ({error.strerror or error}); check the path.") from error
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"--config {path} is not valid JSON ({error.msg} at line {error.lineno}, column "
+                         f"{error.colno}); fix the file, e.g. {{\"pretrain_epochs\": 100}}.") from error
+    if not isinstance(values, dict):
+        raise InputError(f"--config {path} holds a JSON {type(values).__name__}, not an object of ScllmConfig "
+                         "fields such as {\"pretrain_epochs\": 100}.")
+    return values
+
+
+def _config(args):
+    """The configuration from ``--config`` and the flags, checked before any data is read."""
+    from .config import ScllmConfig
+    from .validation import InputError
+
+    values = _config_file(args.config) if getattr(args, "config", None) else {}
     values["seed"] = args.seed
     if getattr(args, "graph_only", False):
         values["use_semantic"] = False
-    return ScllmConfig.from_dict(values)
+    if getattr(args, "checkpoint_dir", None):
+        values["checkpoint_dir"] = args.checkpoint_dir
+    if getattr(args, "restart", False):
+        values["checkpoint_restart"] = True
+    try:
+        config = ScllmConfig.from_dict(values)
+    except (ValueError, TypeError) as error:
+        source = f"--config {args.config}" if getattr(args, "config", None) else "the options"
+        raise InputError(f"{source}: {error}") from error
+    if config.checkpoint_restart and config.checkpoint_dir is None:
+        raise InputError("--restart discards the checkpoints of a checkpoint folder, but none is given; add "
+                         "--checkpoint-dir DIR (or checkpoint_dir in --config), or drop --restart.")
+    return config
 
 
 def _print_metrics(adata, key: str, label_key: str) -> None:
@@ -58,17 +91,19 @@ def _write_plots(adata, key: str, label_key: str | None, folder: Path) -> list[P
 
 def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
     from . import tl
+    from .io import write_h5ad
 
     key = "scllm"
-    tl.cluster(adata, args.n_clusters, key_added=key, config=_config(args), progress=not args.quiet,
-               gene_symbols_key=getattr(args, "gene_symbols_key", None))
+    tl.cluster(adata, args.n_clusters, layer=getattr(args, "layer", None), key_added=key, config=args.settings,
+               progress=not args.quiet, gene_symbols_key=getattr(args, "gene_symbols_key", None))
     timings = adata.uns[key]["timings"]
-    print(f"clusters: {adata.uns[key]['params']['n_clusters']}  fit: {timings['total']:.1f} s")
+    asked, found = adata.uns[key]["params"]["n_clusters"], adata.uns[key]["n_clusters_found"]
+    clusters = f"{found}" if found == asked else f"{found} non-empty of {asked} asked for"
+    print(f"clusters: {clusters}  fit: {timings['total']:.1f} s")
     _print_knowledge(adata, key)
     if args.label_key:
         _print_metrics(adata, key, args.label_key)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(out)
+    write_h5ad(adata, out)
     print(f"wrote {out}")
     if plots is not None:
         for path in _write_plots(adata, key, args.label_key, plots):
@@ -76,18 +111,26 @@ def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
 
 
 def cmd_cluster(args) -> None:
-    from .io import read
+    from .io import check_output_file, check_output_folder, read
 
+    # Everything that can be checked without the data is checked before any work.
+    args.settings = _config(args)
+    out = check_output_file(args.out)
+    if args.plots:
+        check_output_folder(args.plots, "--plots")
     adata = read(args.input, label_key=args.label_key or "cell_type")
     if args.label_key and args.label_key not in adata.obs:
         raise KeyError(f"No obs column '{args.label_key}' in {args.input}; columns are "
                        f"{list(adata.obs.columns)}. Drop --label-key or name an existing column.")
-    _run_cluster(adata, args, Path(args.out), Path(args.plots) if args.plots else None)
+    _run_cluster(adata, args, out, Path(args.plots) if args.plots else None)
 
 
 def cmd_demo(args) -> None:
     from .datasets import baron_mouse_pancreas
+    from .io import check_output_folder
 
+    args.settings = _config(args)
+    check_output_folder(args.out, "--out")
     adata = baron_mouse_pancreas()
     print(f"demo: Baron et al. 2016 mouse pancreas, {adata.n_obs} cells x {adata.n_vars} genes, "
           f"{adata.obs['cell_type'].nunique()} labelled types (labels used only to score)")
@@ -145,12 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--config", help="JSON file of ScllmConfig fields to override")
         p.add_argument("--graph-only", action="store_true", help="switch the semantic view off")
+        p.add_argument("--checkpoint-dir", default=None,
+                       help="save training checkpoints here; a run of the same data and settings resumes from them")
+        p.add_argument("--restart", action="store_true",
+                       help="discard the checkpoints in --checkpoint-dir and start afresh")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("cluster", help="cluster the cells of an .h5ad or X/Y .h5 file")
     p.add_argument("input", help="input .h5ad or .h5 (X cells x genes, Y labels) file")
     p.add_argument("--out", required=True, help="output .h5ad")
     p.add_argument("--n-clusters", type=int, default=None, help="K; estimated when omitted")
+    p.add_argument("--layer", default=None,
+                   help="cluster adata.layers[LAYER] instead of X (default: X, or layers['counts'] when X holds "
+                        "no counts but that layer does)")
     p.add_argument("--label-key", default=None, help="obs column of known labels: print ARI/NMI/ACC/F1")
     p.add_argument("--plots", default=None, help="folder for UMAP / training / confusion PNGs")
     p.add_argument("--gene-symbols-key", default=None,
@@ -187,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        settings = getattr(args, "settings", None)
+        kept = (f"; the last checkpoint in {settings.checkpoint_dir} is intact: run the same command to resume"
+                if settings is not None and settings.checkpoint_dir else "")
+        print(f"error: interrupted (Ctrl-C); results are written only when a run completes{kept}.",
+              file=sys.stderr)
+        return 130
     except (InputError, OSError, KeyError, ValueError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {' '.join(str(message).split())}", file=sys.stderr)  # one line, always

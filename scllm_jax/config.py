@@ -164,9 +164,13 @@ class ScllmConfig:
         Epochs between refreshes of the target ``P`` in mini-batch mode.
     checkpoint_dir
         Folder for training checkpoints (orbax); ``None``: no checkpoints. A
-        run finding a checkpoint there resumes from it.
+        run finding a checkpoint of the same run there (same data, layer,
+        value type, configuration, seed and K) resumes from it; a checkpoint
+        of another run is an error that names what differs.
     checkpoint_every
         Optimiser steps between checkpoints.
+    checkpoint_restart
+        Delete the checkpoints found in ``checkpoint_dir`` and start afresh.
     """
 
     seed: int = 0
@@ -230,6 +234,7 @@ class ScllmConfig:
     minibatch_update_interval: int = 1
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
+    checkpoint_restart: bool = False
 
     def __post_init__(self) -> None:
         problems = []

@@ -32,8 +32,7 @@ def knn_indices(features: np.ndarray, n_neighbors: int, *, exact_max_cells: int 
     n_cells = features.shape[0]
     if n_cells < 3:
         raise ValueError(f"A graph needs at least 3 cells, got {n_cells}.")
-    # On tiny data a complete graph would give every cell the same smoothed input.
-    k = min(n_neighbors, max(1, (n_cells - 1) // 2))
+    k = neighbour_count(n_cells, n_neighbors)
     if n_cells <= exact_max_cells:
         from sklearn.neighbors import NearestNeighbors
 
@@ -48,6 +47,14 @@ def knn_indices(features: np.ndarray, n_neighbors: int, *, exact_max_cells: int 
                           low_memory=True, n_jobs=-1)
         indices, _ = index.neighbor_graph
     return _drop_self(indices, k)
+
+
+def neighbour_count(n_cells: int, n_neighbors: int) -> int:
+    """Neighbours per cell in a graph of ``n_cells``: ``n_neighbors``, fewer on tiny data.
+
+    On tiny data a complete graph would give every cell the same smoothed input.
+    """
+    return min(n_neighbors, max(1, (n_cells - 1) // 2))
 
 
 def _drop_self(indices: np.ndarray, k: int) -> np.ndarray:
@@ -106,6 +113,93 @@ def knn_graph(features: np.ndarray, n_neighbors: int = 15, *, exact_max_cells: i
     features = np.asarray(features, dtype=np.float32)
     indices = knn_indices(features, n_neighbors, exact_max_cells=exact_max_cells, seed=seed)
     return graph_from_adjacency(normalized_adjacency(indices), features)
+
+
+def attach_cells(adjacency: sp.csr_matrix, reference: np.ndarray, features: np.ndarray, n_neighbors: int, *,
+                 exact_max_cells: int = 50_000, seed: int = 0) -> sp.csr_matrix:
+    """The training graph with new cells added as nodes that read from it, and from nothing else.
+
+    A new cell is joined to its ``n_neighbors`` nearest training cells (as
+    many as :func:`knn_indices` gave each training cell), with the weights of
+    ``D^-1/2 (A + I) D^-1/2`` for its degree ``k + 1`` and the training
+    degrees. A new cell that coincides with a training cell (same point,
+    up to rounding) takes that cell's row: its neighbours and weights in
+    training. No edge runs from a new cell to a training cell or to another
+    new cell, so a graph convolution gives every training cell its training
+    value and every new cell a value that depends on it and the training
+    cells only, never on which other cells are added with it.
+
+    Parameters
+    ----------
+    adjacency
+        The training graph's normalised adjacency (N x N, with self-loops).
+    reference
+        The training cells' features (N x F) the graph was built on.
+    features
+        The new cells' features (M x F) in the same space.
+    n_neighbors
+        As given to :func:`knn_indices` for the training graph.
+    exact_max_cells
+        Up to this many training cells the search is exact; above it
+        pynndescent (approximate).
+    seed
+        Seed of the approximate search.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``(N + M) x (N + M)``: ``adjacency`` in the first N rows and columns,
+        the new cells after it.
+    """
+    adjacency = sp.csr_matrix(adjacency, dtype=np.float32)
+    reference = np.asarray(reference, dtype=np.float32)
+    features = np.asarray(features, dtype=np.float32)
+    n_ref, n_new = reference.shape[0], features.shape[0]
+    k = neighbour_count(n_ref, n_neighbors)
+    if n_ref <= exact_max_cells:
+        from sklearn.neighbors import NearestNeighbors
+
+        distances, indices = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(reference).kneighbors(features)
+    else:
+        from pynndescent import NNDescent
+
+        index = NNDescent(reference, n_neighbors=max(k, 15), metric="euclidean", random_state=seed, low_memory=True)
+        indices, distances = index.query(features, k=k)
+    self_weight = adjacency.diagonal()  # 1 / degree of each training cell
+    scale = float(np.sqrt(np.mean(reference.astype(np.float64) ** 2))) or 1.0
+    twin = distances[:, 0] <= 1e-4 * scale
+    rows, cols, weights = [], [], []
+    # Cells of their own: the k nearest training cells and a self-loop, degree k + 1.
+    own = np.flatnonzero(~twin)
+    rows += [np.repeat(own, k), own]
+    cols += [indices[own].ravel(), n_ref + own]
+    weights += [np.sqrt(self_weight[indices[own]].ravel() / (k + 1)), np.full(own.size, 1.0 / (k + 1))]
+    # Twins of a training cell: its row, the self-loop moved onto the new cell.
+    twins = np.flatnonzero(twin)
+    sources = indices[twins, 0]
+    edges, counts = row_edges(adjacency, sources)
+    targets = adjacency.indices[edges]
+    rows.append(np.repeat(twins, counts))
+    cols.append(np.where(targets == np.repeat(sources, counts), n_ref + np.repeat(twins, counts), targets))
+    weights.append(adjacency.data[edges])
+    new_rows = sp.csr_matrix((np.concatenate(weights).astype(np.float32),
+                              (np.concatenate(rows), np.concatenate(cols))), shape=(n_new, n_ref + n_new))
+    top = sp.hstack([adjacency, sp.csr_matrix((n_ref, n_new), dtype=np.float32)])
+    return sp.csr_matrix(sp.vstack([top, new_rows]), dtype=np.float32)
+
+
+def row_edges(adjacency: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``adjacency.data`` / ``.indices`` of the entries of ``rows``, row after row.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The entry positions, and the number of entries of each row.
+    """
+    starts, stops = adjacency.indptr[rows], adjacency.indptr[np.asarray(rows) + 1]
+    counts = stops - starts
+    # Concatenated CSR row slices, vectorised: start of each row plus the position within it.
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum()), counts
 
 
 def graph_from_adjacency(adjacency: sp.csr_matrix, features: np.ndarray | None = None) -> jraph.GraphsTuple:

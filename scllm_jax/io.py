@@ -1,8 +1,10 @@
-"""Reading expression files into AnnData: ``.h5ad`` and the ``X``/``Y`` ``.h5`` layout."""
+"""Reading expression files into AnnData (``.h5ad`` and the ``X``/``Y`` ``.h5`` layout), and
+writing results: output paths checked before any work, files written whole or not at all."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -134,3 +136,83 @@ def _read_h5ad(path: Path, backed: bool) -> ad.AnnData:
     except Exception as error:  # anndata raises many types for damaged files
         raise InputError(f"{path}: could not be read as AnnData ({type(error).__name__}: {error}); "
                          "re-export it with anndata.") from error
+
+
+def _nearest_folder(path: Path) -> Path:
+    """The deepest existing ancestor of ``path`` (what would hold it once missing folders are made)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _check_folder_writable(folder: Path, what: str, target: Path) -> None:
+    if not folder.is_dir():
+        raise InputError(f"{what} {target}: {folder} is a file, not a folder; choose another path.")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputError(f"{what} {target}: cannot write in {folder} ({error.strerror or error}); choose a "
+                         "folder you can write to.") from error
+
+
+def check_output_file(path: str | os.PathLike, what: str = "--out", suffix: str = ".h5ad") -> Path:
+    """Refuse an output file that could not be written, before any work is done.
+
+    Parameters
+    ----------
+    path
+        Where the result will go.
+    what
+        How messages name the path (the command-line option).
+    suffix
+        The only suffix accepted (the result is AnnData, HDF5).
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    InputError
+        Another suffix, a folder, a path under a file, or a folder without
+        write permission.
+    """
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise InputError(f"{what} {path}: the result is written as AnnData (HDF5); give the file the {suffix} "
+                         f"suffix, e.g. {path.with_suffix(suffix).name}.")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; name a file in it, e.g. {path / ('result' + suffix)}.")
+    _check_folder_writable(_nearest_folder(path), what, path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{what} {path} exists and cannot be overwritten; choose another file.")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, what: str) -> Path:
+    """Refuse an output folder that could not be made or written to, before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is a file; name a folder.")
+    _check_folder_writable(path if path.exists() else _nearest_folder(path), what, path)
+    return path
+
+
+def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> Path:
+    """Write ``adata`` to ``path`` whole or not at all.
+
+    The file is written next to its destination under a temporary name and
+    renamed over it at the end, so an interruption (Ctrl-C, a full disk)
+    leaves no partial file at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        adata.write_h5ad(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from .config import ScllmConfig
+from .graph import row_edges
 from .losses import direction_orthogonality, reconstruction_loss, unit_rows
 from .objective import alignment_term, clustering_term, total_loss
 from .parallel import agree_max, process_rows, put_global_rows, put_rows, replicated, row_sharded, to_host
@@ -183,10 +184,7 @@ def make_batch(data: MinibatchData, local_cells: np.ndarray, *, with_target: boo
         empty, ``(B, 0)``, which skips densifying the expression rows.
     """
     adjacency = data.adjacency
-    starts, stops = adjacency.indptr[local_cells], adjacency.indptr[local_cells + 1]
-    counts = stops - starts
-    # Concatenated CSR row slices, vectorised: start of each row plus the position within it.
-    edge_ids = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    edge_ids, counts = row_edges(adjacency, local_cells)
     offset = jax.process_index() * data.local_batch_size
     receivers = np.repeat(np.arange(local_cells.size, dtype=np.int32) + offset, counts)
     local_devices = jax.local_device_count()

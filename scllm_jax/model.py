@@ -14,22 +14,31 @@ from pathlib import Path
 import anndata as ad
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from flax import nnx
 
 from .assignment import student_t_assign
 from .config import ScllmConfig
-from .graph import graph_from_adjacency, knn_adjacency, knn_indices, normalized_adjacency
+from .graph import attach_cells, graph_from_adjacency, knn_adjacency, knn_indices, normalized_adjacency
 from .n_clusters import estimate_n_clusters
 from .partition import InitialPartition, initial_partition
 from .preprocess import PreparedData, Preprocessor
 from .train import FitResult, build_network, fit_network, make_embed, training_data, use_minibatch
-from .validation import InputError, check_n_clusters
+from .validation import InputError, check_cluster_support, check_n_clusters, count_clusters
 
 logger = logging.getLogger(__name__)
 
-_FORMAT_VERSION = 1
+#: 2: the training cells' principal components and graph are saved, so that predict places
+#: new cells among them (format 1 built a graph of the new cells alone).
+_FORMAT_VERSION = 2
+
+
+def _budget(n: int) -> int:
+    """``n`` rounded up to a power of two (at least 8): a padding budget."""
+    return 1 << max(3, (int(n) - 1).bit_length())
 
 
 class ScllmModel:
@@ -52,28 +61,38 @@ class ScllmModel:
         self.preprocessor: Preprocessor | None = None
         self.result: FitResult | None = None
         self.n_clusters: int | None = None
+        self.n_clusters_found_: int | None = None
         self.semantic_info: dict = {}
         self.timings: dict[str, float] = {}
         self._graphdef = None
         self._params = None
         self._text_dim: int | None = None
         self._gene_embeddings = None
+        # The training cells' principal components and normalised graph: predict joins new cells to them.
+        self._reference_pca: np.ndarray | None = None
+        self._reference_adjacency = None
         self.prepared_: PreparedData | None = None
         self.cell_text_: np.ndarray | None = None
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, gene_symbols_key: str | None = None,
-            progress: bool = True) -> "ScllmModel":
+    def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
+            gene_symbols_key: str | None = None, progress: bool = True) -> "ScllmModel":
         """Preprocess, build the graph and the semantic view, and train.
 
         Parameters
         ----------
         adata
-            Cells x genes, raw counts in ``X``.
+            Cells x genes: raw counts in ``X`` (linear-scale normalised or
+            log-scale values are accepted with a warning that says how they
+            are treated, :func:`~scllm_jax.validation.value_kind`).
         n_clusters
             Number of clusters K; ``None`` estimates it by Leiden on the kNN
             graph of the principal components, before training
             (:func:`~scllm_jax.n_clusters.estimate_n_clusters`).
+        layer
+            Cluster ``adata.layers[layer]`` instead of ``X``; ``None`` takes
+            ``X``, or ``layers['counts']`` when ``X`` holds no counts but that
+            layer does (said with a warning).
         gene_symbols_key
             The ``adata.var`` column of gene symbols for the semantic view;
             ``None``: ``var_names`` (symbols or human Ensembl ids).
@@ -83,21 +102,24 @@ class ScllmModel:
         Returns
         -------
         ScllmModel
-            ``self``, with ``labels_``, ``embedding_`` and ``result`` set.
+            ``self``, with ``labels_``, ``embedding_``, ``result`` and
+            ``n_clusters_found_`` (non-empty clusters) set.
+
+        Warns
+        -----
+        UserWarning
+            When the cells have fewer distinct profiles than ``n_clusters``
+            (duplicate or near-identical cells), and when clusters end empty.
         """
         config = self.config
         check_n_clusters(n_clusters, adata.n_obs)
         start = time.perf_counter()
-        self.preprocessor, prepared = Preprocessor.fit(adata, config)
+        self.preprocessor, prepared = Preprocessor.fit(adata, config, layer=layer)
         self.timings["preprocess"] = time.perf_counter() - start
         logger.info("preprocessed %d cells in %.1f s", prepared.n_cells, self.timings["preprocess"])
         text = self._semantic_view(adata, prepared, gene_symbols_key=gene_symbols_key, progress=progress)
         self.prepared_, self.cell_text_ = prepared, text
-        start_graph = time.perf_counter()
-        indices = knn_indices(prepared.pca, config.n_neighbors, exact_max_cells=config.exact_knn_max_cells,
-                              seed=config.seed)
-        data = self._training_data(prepared, text, indices, training=True)
-        self.timings["graph"] = time.perf_counter() - start_graph
+        data, indices, self.timings["graph"] = self._training_data(prepared, text)
         logger.info("graph and training data in %.1f s", self.timings["graph"])
 
         if n_clusters is None:
@@ -107,6 +129,7 @@ class ScllmModel:
             n_clusters = estimate_n_clusters(prepared.pca, n_neighbors=config.n_neighbors,
                                              resolution=config.leiden_resolution, seed=config.seed)
             check_n_clusters(n_clusters, adata.n_obs)
+        check_cluster_support(prepared.pca, n_clusters)
         cell_graph = knn_adjacency(indices)
 
         def initialise(embedding: np.ndarray, k: int) -> InitialPartition:
@@ -115,11 +138,15 @@ class ScllmModel:
                                      overcluster_factor=config.overcluster_factor,
                                      max_cells=config.kmeans_max_cells)
 
-        self.result, graphdef = fit_network(data, config, n_clusters, initialise=initialise, progress=progress)
+        pre = self.preprocessor
+        self.result, graphdef = fit_network(data, config, n_clusters, initialise=initialise, progress=progress,
+                                            fingerprint={"data": pre.input_digest, "layer": pre.layer,
+                                                         "values": pre.values})
         self.n_clusters = int(self.result.assignment.shape[1])
         self._graphdef, self._params = graphdef, self.result.params
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
         self.timings["total"] = time.perf_counter() - start
+        self.n_clusters_found_ = count_clusters(self.labels_, self.n_clusters)
         return self
 
     def _semantic_view(self, adata: ad.AnnData, prepared: PreparedData, *, gene_symbols_key: str | None,
@@ -140,22 +167,24 @@ class ScllmModel:
         self._text_dim = view.cell_embeddings.shape[1]
         return view.cell_embeddings
 
-    def _training_data(self, prepared: PreparedData, text: np.ndarray | None, indices: np.ndarray | None = None,
-                       *, training: bool = False):
-        """The arrays training (or embedding) reads; ``indices``: the cells' kNN, computed here when ``None``."""
-        if indices is None:
-            indices = knn_indices(prepared.pca, self.config.n_neighbors,
-                                  exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
-        if training and use_minibatch(prepared.n_cells, self.config):
+    def _training_data(self, prepared: PreparedData, text: np.ndarray | None):
+        """The arrays training reads, the cells' kNN indices, and the seconds it took."""
+        start = time.perf_counter()
+        indices = knn_indices(prepared.pca, self.config.n_neighbors,
+                              exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
+        adjacency = normalized_adjacency(indices)
+        self._reference_pca, self._reference_adjacency = prepared.pca, adjacency
+        if use_minibatch(prepared.n_cells, self.config):
             from .minibatch import minibatch_data
             from .parallel import data_mesh
 
             logger.info("%d cells on %d device(s): mini-batch training (minibatch_min_cells=%d)",
                         prepared.n_cells, jax.device_count(), self.config.minibatch_min_cells)
-            return minibatch_data(prepared.pca, prepared.expression, normalized_adjacency(indices), text,
-                                  self.config, data_mesh())
-        graph = graph_from_adjacency(normalized_adjacency(indices), prepared.pca)
-        return training_data(prepared.pca, np.asarray(prepared.expression), graph, text)
+            data = minibatch_data(prepared.pca, prepared.expression, adjacency, text, self.config, data_mesh())
+        else:
+            data = training_data(prepared.pca, np.asarray(prepared.expression),
+                                 graph_from_adjacency(adjacency, prepared.pca), text)
+        return data, indices, time.perf_counter() - start
 
     # --------------------------------------------------------------- outputs
     def _require_fitted(self) -> None:
@@ -195,12 +224,30 @@ class ScllmModel:
         self._require_fitted()
         return self.result.embedding
 
-    def predict(self, adata: ad.AnnData, *, return_embedding: bool = False, progress: bool = False):
-        """Assign new cells to the trained clusters.
+    def predict(self, adata: ad.AnnData, *, layer: str | None = None, return_embedding: bool = False,
+                progress: bool = False):
+        """Assign cells to the trained clusters, each on its own.
 
-        The cells are mapped through the fitted preprocessing (same genes,
-        scaling, PCA), get their own kNN graph, and are encoded by the trained
-        network.
+        The cells are mapped through the fitted preprocessing (same value
+        type, genes, scaling and PCA loadings), joined to the graph of the
+        training cells by their nearest training cells
+        (:func:`~scllm_jax.graph.attach_cells`; a cell identical to a training
+        cell takes its place), encoded by the trained network and assigned to
+        the nearest trained centre under the Student-t kernel. No step looks
+        at the other cells passed with a cell, so a cell's label does not
+        depend on them: ``predict(adata[cells])`` equals
+        ``predict(adata)[cells]``.
+
+        Parameters
+        ----------
+        adata
+            Cells x the model's genes, values of the type it was fitted on.
+        layer
+            As for :meth:`fit`.
+        return_embedding
+            Also return the cells' clustering space.
+        progress
+            Show progress bars (the semantic view).
 
         Returns
         -------
@@ -208,15 +255,37 @@ class ScllmModel:
             Labels, and the embedding if ``return_embedding``.
         """
         self._require_fitted()
-        prepared = self.preprocessor.transform(adata)
+        prepared = self.preprocessor.transform(adata, layer=layer)
         text = None
         if self._text_dim is not None:
             from .semantic import cell_view_from_gene_embeddings
 
             text = cell_view_from_gene_embeddings(adata, prepared, self._gene_embeddings, self.config,
                                                   paths=self.semantic_info["paths"], progress=progress)
-        data = self._training_data(prepared, text)
-        _, embedding = make_embed(self._graphdef)(self._params, data)
+        n_reference, n_new = self._reference_pca.shape[0], prepared.n_cells
+        adjacency = attach_cells(self._reference_adjacency, self._reference_pca, prepared.pca,
+                                 self.config.n_neighbors, exact_max_cells=self.config.exact_knn_max_cells,
+                                 seed=self.config.seed)
+        # Nodes and edges padded to budgets that grow in powers of two (a padding graph that no
+        # real node reads), so that one compiled embedding serves many batch sizes.
+        new_edges = adjacency.nnz - self._reference_adjacency.nnz
+        graph = jraph.pad_with_graphs(graph_from_adjacency(adjacency), n_node=n_reference + _budget(n_new + 1),
+                                      n_edge=self._reference_adjacency.nnz + _budget(new_edges))
+        n_nodes = int(np.sum(graph.n_node))
+
+        def rows(new: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+            # The training cells' rows (zeros where only the new cells' rows are read), the new cells', padding.
+            out = np.zeros((n_nodes, new.shape[1]), np.float32)
+            out[:n_reference] = 0.0 if reference is None else reference
+            out[n_reference:n_reference + n_new] = new
+            return out
+
+        data = training_data(rows(prepared.pca, self._reference_pca), np.zeros((n_nodes, 0), np.float32), graph,
+                             None if text is None else rows(text))
+        if getattr(self, "_embed_for", None) is not self._graphdef:
+            self._embed, self._embed_for = make_embed(self._graphdef), self._graphdef
+        _, embedding = self._embed(self._params, data)
+        embedding = embedding[n_reference:n_reference + n_new]
         assignment = student_t_assign(embedding, self._params["centres"][...], self.config.alpha)
         labels = np.asarray(jnp.argmax(assignment, axis=1))
         return (labels, np.asarray(embedding)) if return_embedding else labels
@@ -230,6 +299,9 @@ class ScllmModel:
         flat = {".".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(self._params)}
         np.savez(path / "params.npz", **flat)
         np.savez(path / "preprocessor.npz", **self.preprocessor.to_arrays())
+        adjacency = self._reference_adjacency
+        np.savez(path / "reference_graph.npz", pca=self._reference_pca, data=adjacency.data,
+                 indices=adjacency.indices, indptr=adjacency.indptr)
         if self._gene_embeddings is not None:
             np.savez(path / "gene_embeddings.npz", **self._gene_embeddings)
         meta = {"format_version": _FORMAT_VERSION, "config": self.config.to_dict(),
@@ -248,7 +320,8 @@ class ScllmModel:
         meta = json.loads((path / "model.json").read_text())
         if meta.get("format_version") != _FORMAT_VERSION:
             raise InputError(f"{path} holds model format {meta.get('format_version')}, this version reads "
-                             f"{_FORMAT_VERSION}; refit the model.")
+                             f"{_FORMAT_VERSION} (which keeps the training cells' graph, so that predict places "
+                             "new cells among them); refit the model and save it again.")
         # Models saved before path 1 had settings were trained with the paper's pooling.
         saved = {"path1_weights": "log", "gene_postprocess": "none", **meta["config"]}
         model = cls(ScllmConfig.from_dict(saved))
@@ -256,6 +329,11 @@ class ScllmModel:
         model.semantic_info = meta.get("semantic_info", {})
         with np.load(path / "preprocessor.npz", allow_pickle=False) as arrays:
             model.preprocessor = Preprocessor.from_arrays(dict(arrays))
+        with np.load(path / "reference_graph.npz", allow_pickle=False) as graph:
+            n_reference = graph["pca"].shape[0]
+            model._reference_pca = graph["pca"]
+            model._reference_adjacency = sp.csr_matrix((graph["data"], graph["indices"], graph["indptr"]),
+                                                       shape=(n_reference, n_reference))
         if (path / "gene_embeddings.npz").exists():
             with np.load(path / "gene_embeddings.npz", allow_pickle=False) as arrays:
                 model._gene_embeddings = dict(arrays)

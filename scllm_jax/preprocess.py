@@ -1,15 +1,17 @@
 """Scanpy-style preprocessing as a fitted, reusable transform.
 
 Counts -> filter genes -> normalise to ``target_sum`` -> ``log1p`` -> highly
-variable genes -> scale (clip at 10) -> PCA. The fitted state (genes, scaling,
-PCA loadings) is kept so that new cells can be mapped into the same space
-(:meth:`Preprocessor.transform`), which a saved model needs.
+variable genes -> scale (clip at 10) -> PCA. Linear-scale normalised values
+(TPM, RPKM, CPM) take the same path; log-scale values skip normalisation and
+``log1p`` (:func:`~scllm_jax.validation.value_kind` tells them apart). The
+fitted state (value type, genes, scaling, PCA loadings) is kept so that new
+cells can be mapped into the same space (:meth:`Preprocessor.transform`), which
+a saved model needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import anndata as ad
 import numpy as np
@@ -17,7 +19,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .config import ScllmConfig
-from .validation import InputError, check_counts, check_counts_in_chunks, matrix_of, row_chunks
+from .validation import (VALUE_KINDS, CheckedExpression, InputError, check_expression, choose_layer, matrix_of,
+                         row_chunks, where)
 
 _SCALE_CLIP = 10.0
 #: Cells read from a backed file at a time (memory: this many rows of the sparse matrix).
@@ -92,9 +95,10 @@ class ScaledExpression:
             yield start, self[np.arange(start, min(start + size, self.shape[0]))]
 
 
-def _log_normalise(matrix, is_counts: bool, target_sum: float) -> sp.csr_matrix:
+def _log_normalise(matrix, kind: str, target_sum: float) -> sp.csr_matrix:
+    """Log expression of ``matrix`` by its value type: counts and linear values normalised and logged."""
     csr = sp.csr_matrix(matrix, dtype=np.float32)
-    if not is_counts:
+    if kind == "log":
         return csr
     totals = np.asarray(csr.sum(axis=1)).ravel()
     scale = (target_sum / np.maximum(totals, 1e-12)).astype(np.float32)
@@ -114,11 +118,22 @@ def _highly_variable(log_expression: sp.csr_matrix, n_top: int) -> np.ndarray:
     n_cells, n_genes = log_expression.shape
     if n_genes <= n_top:
         return np.arange(n_genes)
-    counts = log_expression.copy()
-    counts.data = np.expm1(counts.data)
-    mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
-    mean_sq = np.asarray(counts.multiply(counts).mean(axis=0), dtype=np.float64).ravel()
+    counts = _delogged(log_expression)
+    mean = np.asarray(counts.mean(axis=0)).ravel()
+    mean_sq = np.asarray(counts.multiply(counts).mean(axis=0)).ravel()
     return _top_dispersed(mean, mean_sq, n_cells, n_top)
+
+
+def _delogged(log_expression: sp.csr_matrix) -> sp.csr_matrix:
+    """``expm1`` of the log expression in float64.
+
+    Log-scale input is at most :data:`~scllm_jax.validation.LOG_SCALE_MAX`
+    (30): ``expm1(30) ** 2`` is about 1e26, far inside float64 (float32 would
+    overflow past ``expm1(44)``, where squares are taken).
+    """
+    counts = sp.csr_matrix(log_expression, dtype=np.float64)
+    counts.data = np.expm1(counts.data)
+    return counts
 
 
 def _top_dispersed(mean: np.ndarray, mean_sq: np.ndarray, n_cells: int, n_top: int) -> np.ndarray:
@@ -152,55 +167,70 @@ class Preprocessor:
         Genes kept after filtering (order of ``log_expression`` columns).
     hvg_names
         Highly variable genes (order of ``expression`` columns).
-    is_counts
-        Whether the input held raw counts (else it is used as normalised).
+    values
+        Type of the values fitted on: ``"counts"``, ``"linear"`` (TPM, RPKM,
+        CPM...) or ``"log"`` (:func:`~scllm_jax.validation.value_kind`); new
+        cells must hold the same type.
+    layer
+        Layer fitted on (``None``: ``adata.X``).
     target_sum
         Library size used for normalisation.
     gene_mean, gene_std
         Scaling of the highly variable genes.
     pca_mean, pca_components
         Centre and ``n_pcs`` x ``len(hvg_names)`` loadings of the PCA.
+    input_digest
+        Hash of the gene names and values fitted on
+        (:attr:`~scllm_jax.validation.CheckedExpression.digest`).
     """
 
     gene_names: np.ndarray
     hvg_names: np.ndarray
-    is_counts: bool
+    values: str
+    layer: str | None
     target_sum: float
     gene_mean: np.ndarray
     gene_std: np.ndarray
     pca_mean: np.ndarray
     pca_components: np.ndarray
+    input_digest: str = ""
 
     @classmethod
-    def fit(cls, adata: ad.AnnData, config: ScllmConfig) -> tuple["Preprocessor", PreparedData]:
+    def fit(cls, adata: ad.AnnData, config: ScllmConfig, *,
+            layer: str | None = None) -> tuple["Preprocessor", PreparedData]:
         """Fit the preprocessing on ``adata`` and return it with the transformed data.
 
         Parameters
         ----------
         adata
-            Cells x genes, raw counts in ``X``.
+            Cells x genes: raw counts, linear-scale normalised values or
+            log-scale values in ``X`` (or in ``layer``).
         config
             Uses ``min_cells_per_gene``, ``target_sum``, ``n_top_genes``,
             ``n_pcs`` and ``seed``.
+        layer
+            Read ``adata.layers[layer]`` instead of ``X``; ``None`` reads ``X``,
+            or ``layers['counts']`` when ``X`` holds no counts but that layer
+            does (:func:`~scllm_jax.validation.choose_layer`).
 
         Returns
         -------
         (Preprocessor, PreparedData)
         """
-        if getattr(adata, "isbacked", False):
-            return cls._fit_streaming(adata, config)
-        is_counts = check_counts(adata)
-        matrix = sp.csr_matrix(matrix_of(adata), dtype=np.float32)
-        cells_per_gene = np.asarray((matrix > 0).sum(axis=0)).ravel()
-        keep = cells_per_gene >= min(config.min_cells_per_gene, max(1, adata.n_obs // 2))
+        layer = choose_layer(adata, layer, chunk_cells=_CHUNK_CELLS)
+        checked = check_expression(adata, layer, chunk_cells=_CHUNK_CELLS)
+        keep = checked.cells_per_gene >= min(config.min_cells_per_gene, max(1, adata.n_obs // 2))
         if keep.sum() < 2:
             raise InputError(f"Only {int(keep.sum())} genes are expressed in at least "
                              f"{config.min_cells_per_gene} cells; the data is too sparse to cluster.")
         gene_names = np.asarray(adata.var_names, dtype=object)[keep]
-        log_expression = _log_normalise(matrix[:, keep], is_counts, config.target_sum)
+        if getattr(adata, "isbacked", False):
+            return cls._fit_streaming(adata, config, checked, keep, gene_names)
+        matrix = sp.csr_matrix(matrix_of(adata, layer), dtype=np.float32)
+        log_expression = _log_normalise(matrix[:, keep], checked.kind, config.target_sum)
         hvg = _highly_variable(log_expression, config.n_top_genes)
         if adata.n_obs >= config.minibatch_min_cells:
-            return cls._fit_in_blocks(gene_names, is_counts, sp.csr_matrix(log_expression[:, hvg]), hvg, config)
+            return cls._fit_in_blocks(checked, gene_names, sp.csr_matrix(log_expression[:, hvg]), hvg, config)
         dense = log_expression[:, hvg].toarray()
         mean = dense.mean(axis=0)
         std = dense.std(axis=0)
@@ -212,43 +242,43 @@ class Preprocessor:
             raise InputError(f"{cells} x {scaled.shape[1]} genes is too small to cluster; "
                              "at least 3 cells and 3 variable genes are needed.")
         components = _pca_components(scaled, n_pcs, config.seed)
-        state = cls(gene_names=gene_names, hvg_names=gene_names[hvg], is_counts=is_counts,
-                    target_sum=config.target_sum, gene_mean=mean.astype(np.float32),
-                    gene_std=std.astype(np.float32), pca_mean=scaled.mean(axis=0),
-                    pca_components=components)
+        state = cls._fitted(checked, gene_names, hvg, config, mean, std, scaled.mean(axis=0), components)
         return state, PreparedData(sp.csr_matrix(log_expression[:, hvg]), state.hvg_names, scaled,
                                    state._project(scaled))
 
     @classmethod
-    def _fit_streaming(cls, adata: ad.AnnData, config: ScllmConfig) -> tuple["Preprocessor", PreparedData]:
+    def _fitted(cls, checked: CheckedExpression, gene_names: np.ndarray, hvg: np.ndarray, config: ScllmConfig,
+                gene_mean: np.ndarray, gene_std: np.ndarray, pca_mean: np.ndarray,
+                pca_components: np.ndarray) -> "Preprocessor":
+        return cls(gene_names=gene_names, hvg_names=gene_names[hvg], values=checked.kind, layer=checked.layer,
+                   target_sum=config.target_sum, gene_mean=np.asarray(gene_mean, np.float32),
+                   gene_std=np.asarray(gene_std, np.float32), pca_mean=np.asarray(pca_mean, np.float32),
+                   pca_components=np.asarray(pca_components, np.float32), input_digest=checked.digest)
+
+    @classmethod
+    def _fit_streaming(cls, adata: ad.AnnData, config: ScllmConfig, checked: CheckedExpression, keep: np.ndarray,
+                       gene_names: np.ndarray) -> tuple["Preprocessor", PreparedData]:
         """:meth:`fit` for a backed ``.h5ad``: ``X`` is read from disk in chunks of cells, never whole.
 
-        Three passes over the file (validation and cells per gene; moments of
-        the normalised expression for the variable genes; the variable genes'
-        log expression), then scaling and PCA as at atlas scale. Memory holds
-        only the variable genes' sparse log expression (cells x
-        ``n_top_genes``) and per-gene sums.
+        Three passes over the file (validation and cells per gene, done by
+        :meth:`fit`; moments of the normalised expression for the variable
+        genes; the variable genes' log expression), then scaling and PCA as at
+        atlas scale. Memory holds only the variable genes' sparse log
+        expression (cells x ``n_top_genes``) and per-gene sums.
         """
         n_cells = adata.n_obs
-        is_counts, cells_per_gene = check_counts_in_chunks(adata, _CHUNK_CELLS)
-        keep = cells_per_gene >= min(config.min_cells_per_gene, max(1, n_cells // 2))
-        if keep.sum() < 2:
-            raise InputError(f"Only {int(keep.sum())} genes are expressed in at least "
-                             f"{config.min_cells_per_gene} cells; the data is too sparse to cluster.")
         kept = np.flatnonzero(keep)
-        gene_names = np.asarray(adata.var_names, dtype=object)[keep]
 
         def log_chunks():
-            for _, chunk in row_chunks(adata, _CHUNK_CELLS):
-                yield _log_normalise(sp.csr_matrix(chunk[:, kept]), is_counts, config.target_sum)
+            for _, chunk in row_chunks(adata, _CHUNK_CELLS, checked.layer):
+                yield _log_normalise(sp.csr_matrix(chunk[:, kept]), checked.kind, config.target_sum)
 
         if kept.size <= config.n_top_genes:
             hvg = np.arange(kept.size)
         else:
             total, total_sq = np.zeros(kept.size), np.zeros(kept.size)
             for log in log_chunks():
-                counts = log.copy()
-                counts.data = np.expm1(counts.data).astype(np.float64)
+                counts = _delogged(log)
                 total += np.asarray(counts.sum(axis=0)).ravel()
                 total_sq += np.asarray(counts.multiply(counts).sum(axis=0)).ravel()
             hvg = _top_dispersed(total / n_cells, total_sq / n_cells, n_cells, config.n_top_genes)
@@ -257,11 +287,11 @@ class Preprocessor:
             cells = "1 cell" if n_cells == 1 else f"{n_cells} cells"
             raise InputError(f"{cells} x {hvg.size} genes is too small to cluster; "
                              "at least 3 cells and 3 variable genes are needed.")
-        return cls._fit_in_blocks(gene_names, is_counts, log_hvg, hvg, config)
+        return cls._fit_in_blocks(checked, gene_names, log_hvg, hvg, config)
 
     @classmethod
-    def _fit_in_blocks(cls, gene_names: np.ndarray, is_counts: bool, log_hvg: sp.csr_matrix, hvg: np.ndarray,
-                       config: ScllmConfig) -> tuple["Preprocessor", PreparedData]:
+    def _fit_in_blocks(cls, checked: CheckedExpression, gene_names: np.ndarray, log_hvg: sp.csr_matrix,
+                       hvg: np.ndarray, config: ScllmConfig) -> tuple["Preprocessor", PreparedData]:
         """Scaling and PCA without ever holding cells x genes dense (atlas scale).
 
         Gene means and standard deviations come from sparse sums; the PCA is
@@ -286,33 +316,43 @@ class Preprocessor:
         components = vectors[:, ::-1][:, :n_pcs].T
         # Deterministic signs: the largest loading of each component positive (as sklearn's svd_flip).
         signs = np.sign(components[np.arange(n_pcs), np.argmax(np.abs(components), axis=1)])
-        components = (components * signs[:, None]).astype(np.float32)
-        state = cls(gene_names=gene_names, hvg_names=gene_names[hvg], is_counts=is_counts,
-                    target_sum=config.target_sum, gene_mean=expression.mean, gene_std=expression.std,
-                    pca_mean=centre.astype(np.float32), pca_components=components)
+        components = components * signs[:, None]
+        state = cls._fitted(checked, gene_names, hvg, config, expression.mean, expression.std, centre, components)
         pca = np.empty((n_cells, n_pcs), np.float32)
         for start, block in expression.blocks():
             pca[start:start + block.shape[0]] = state._project(block)
         return state, PreparedData(log_hvg, state.hvg_names, expression, pca)
 
-    def transform(self, adata: ad.AnnData) -> PreparedData:
-        """Map new cells into the fitted space (same genes, scaling and PCA)."""
-        is_counts = check_counts(adata)
-        if is_counts != self.is_counts:
-            raise InputError("The model was fitted on " + ("raw counts" if self.is_counts else "normalised data")
-                             + " but this data holds " + ("raw counts" if is_counts else "normalised values")
-                             + "; pass data of the same kind.")
+    def transform(self, adata: ad.AnnData, *, layer: str | None = None) -> PreparedData:
+        """Map new cells into the fitted space (same value type, genes, scaling and PCA).
+
+        Every step works cell by cell with the fitted state, so a cell is
+        mapped the same whichever other cells come with it.
+
+        Parameters
+        ----------
+        adata
+            New cells.
+        layer
+            As for :meth:`fit`.
+        """
+        layer = choose_layer(adata, layer, chunk_cells=_CHUNK_CELLS)
+        kind = check_expression(adata, layer, chunk_cells=_CHUNK_CELLS, warn=False).kind
+        if kind != self.values:
+            hint = f" (the model read {where(self.layer)}: pass layer={self.layer!r})" if self.layer != layer else ""
+            raise InputError(f"The model was fitted on {VALUE_KINDS[self.values][0]} but {where(layer)} holds "
+                             f"{VALUE_KINDS[kind][0]}; pass data of the same kind{hint}.")
         names = np.asarray(adata.var_names, dtype=object)
         position = {name: j for j, name in enumerate(names)}
         missing = [g for g in self.hvg_names if g not in position]
         if len(missing) > 0.1 * len(self.hvg_names):
             raise InputError(f"{len(missing)} of the model's {len(self.hvg_names)} variable genes are missing "
                              f"from this data (e.g. {missing[:3]}); the data does not match the saved model.")
-        matrix = sp.csr_matrix(matrix_of(adata), dtype=np.float32)
+        matrix = sp.csr_matrix(matrix_of(adata, layer), dtype=np.float32)
         # Library sizes over the genes kept at fit time, as in fit.
         kept = _select_columns(matrix, np.array([position.get(g, -1) for g in self.gene_names]))
         kept_position = {name: j for j, name in enumerate(self.gene_names)}
-        full = _log_normalise(kept, is_counts, self.target_sum)
+        full = _log_normalise(kept, self.values, self.target_sum)
         log_expression = _select_columns(full, np.array([kept_position[g] for g in self.hvg_names]))
         dense = log_expression.toarray()
         scaled = np.clip((dense - self.gene_mean) / self.gene_std, -_SCALE_CLIP, _SCALE_CLIP).astype(np.float32)
@@ -324,18 +364,21 @@ class Preprocessor:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """State as named arrays, for saving."""
         return {"gene_names": self.gene_names.astype(str), "hvg_names": self.hvg_names.astype(str),
-                "is_counts": np.array(self.is_counts), "target_sum": np.array(self.target_sum),
-                "gene_mean": self.gene_mean, "gene_std": self.gene_std,
-                "pca_mean": self.pca_mean, "pca_components": self.pca_components}
+                "values": np.array(self.values), "layer": np.array("" if self.layer is None else self.layer),
+                "target_sum": np.array(self.target_sum), "gene_mean": self.gene_mean, "gene_std": self.gene_std,
+                "pca_mean": self.pca_mean, "pca_components": self.pca_components,
+                "input_digest": np.array(self.input_digest)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Preprocessor":
         """Inverse of :meth:`to_arrays`."""
         return cls(gene_names=np.asarray(arrays["gene_names"], dtype=object),
                    hvg_names=np.asarray(arrays["hvg_names"], dtype=object),
-                   is_counts=bool(arrays["is_counts"]), target_sum=float(arrays["target_sum"]),
+                   values=str(arrays["values"]), layer=str(arrays["layer"]) or None,
+                   target_sum=float(arrays["target_sum"]),
                    gene_mean=np.asarray(arrays["gene_mean"]), gene_std=np.asarray(arrays["gene_std"]),
-                   pca_mean=np.asarray(arrays["pca_mean"]), pca_components=np.asarray(arrays["pca_components"]))
+                   pca_mean=np.asarray(arrays["pca_mean"]), pca_components=np.asarray(arrays["pca_components"]),
+                   input_digest=str(arrays["input_digest"]))
 
 
 def _select_columns(matrix: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:

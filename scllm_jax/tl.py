@@ -26,9 +26,9 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str = "scllm",
-            config: ScllmConfig | None = None, copy: bool = False, progress: bool = True,
-            return_model: bool = False, gene_symbols_key: str | None = None):
+def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
+            key_added: str = "scllm", config: ScllmConfig | None = None, copy: bool = False,
+            progress: bool = True, return_model: bool = False, gene_symbols_key: str | None = None):
     """Cluster cells with scLLM-DSC.
 
     Parameters
@@ -36,10 +36,17 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
     adata
         Cells x genes with raw counts in ``X``; gene symbols in ``var_names``
         for the semantic view (``uns['species']`` read when present).
+        Linear-scale normalised values (TPM, RPKM, CPM) and log-scale values
+        are accepted with a warning that names the rule applied
+        (:func:`~scllm_jax.validation.value_kind`).
     n_clusters
         Number of clusters; ``None`` estimates it before training (Leiden
         on the kNN graph of the principal components, resolution
         ``config.leiden_resolution``).
+    layer
+        Cluster ``adata.layers[layer]`` instead of ``X`` (scanpy's
+        convention); ``None`` takes ``X``, or ``layers['counts']`` when ``X``
+        holds no counts but that layer does (said with a warning).
     key_added
         Name of the fields written.
     config
@@ -67,7 +74,10 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
     - ``obs[key_added]``: cluster of each cell (categorical, ``"0"``, ``"1"``, ...).
     - ``obsm[f"X_{key_added}"]``: the embedding the clusters live in.
     - ``obsm[f"{key_added}_soft"]``: soft assignment ``q``.
-    - ``uns[key_added]``: ``params`` (config, seed, K, versions), ``loss_history``
+    - ``uns[key_added]``: ``params`` (config, seed, K asked for, versions),
+      ``n_clusters_found`` (the non-empty clusters: fewer than K, with a
+      warning, where the data cannot support K), ``input`` (the
+      matrix read, ``"X"`` or a layer name, and its value type), ``loss_history``
       (per phase, per term), ``timings`` (seconds per stage), ``semantic``
       (knowledge-base match and paths used), ``initialisation`` (the starting
       partition of the head: which candidate was chosen, each candidate's
@@ -78,8 +88,8 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
     """
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
-    model = ScllmModel(config or ScllmConfig()).fit(adata, n_clusters, gene_symbols_key=gene_symbols_key,
-                                                    progress=progress)
+    model = ScllmModel(config or ScllmConfig()).fit(adata, n_clusters, layer=layer,
+                                                    gene_symbols_key=gene_symbols_key, progress=progress)
     result = model.result
     categories = [str(i) for i in range(model.n_clusters)]
     adata.obs[key_added] = pd.Categorical(result.labels.astype(str), categories=categories)
@@ -91,6 +101,9 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, key_added: str 
                    "versions": _versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
         "loss_history": {phase: {term: np.asarray(values, dtype=np.float32) for term, values in terms.items()}
                          for phase, terms in result.history.items()},
+        "n_clusters_found": model.n_clusters_found_,
+        "input": {"layer": "X" if model.preprocessor.layer is None else model.preprocessor.layer,
+                  "values": model.preprocessor.values},
         "timings": dict(model.timings),
         "n_epochs": {"pretrain": result.pretrain_epochs, "cluster": result.cluster_epochs,
                      "stopped_early": result.stopped_early},

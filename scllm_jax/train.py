@@ -152,6 +152,9 @@ class FitResult:
     initialisation
         How the clustering head's starting partition was chosen
         (:meth:`~scllm_jax.partition.InitialPartition.summary`).
+    resumed_from
+        Optimiser step of the checkpoint this fit resumed from, ``None`` when
+        it started afresh.
     """
 
     labels: np.ndarray
@@ -165,6 +168,7 @@ class FitResult:
     seconds: dict[str, float]
     params: nnx.State
     initialisation: dict = dataclasses.field(default_factory=dict)
+    resumed_from: int | None = None
 
 
 def _record(history: dict[str, list], terms: dict[str, jax.Array], config: ScllmConfig, *,
@@ -438,12 +442,12 @@ def _phase_epochs(engine, config: ScllmConfig) -> tuple[int, int, int]:
     return config.pretrain_epochs, config.cluster_epochs, config.update_interval
 
 
-def _checkpointer(config: ScllmConfig):
+def _checkpointer(config: ScllmConfig, fingerprint: dict):
     if config.checkpoint_dir is None:
         return None
     from .checkpoint import Checkpointer
 
-    return Checkpointer(config.checkpoint_dir)
+    return Checkpointer(config.checkpoint_dir, fingerprint=fingerprint, restart=config.checkpoint_restart)
 
 
 def pretrain(data, config: ScllmConfig, *, progress: bool = True):
@@ -524,7 +528,7 @@ def _plain_json(values: dict) -> dict:
 
 
 def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, progress: bool = True,
-                on_step=None) -> tuple[FitResult, nnx.GraphDef]:
+                on_step=None, fingerprint: dict | None = None) -> tuple[FitResult, nnx.GraphDef]:
     """Both phases, checkpointed and resumable when ``config.checkpoint_dir`` is set.
 
     Parameters
@@ -545,6 +549,12 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, 
         Show progress bars.
     on_step
         ``f(global_step)`` after every optimiser step (monitoring, tests).
+    fingerprint
+        What identifies the data of this run (e.g. a digest of the values and
+        the preprocessing); with the configuration, K and the network's
+        widths it makes the run's
+        :func:`~scllm_jax.checkpoint.run_fingerprint`, and a checkpoint is
+        resumed only by a run with the same one.
 
     Returns
     -------
@@ -557,11 +567,14 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, 
     exactly the steps an uninterrupted one would have made, losing at most
     ``checkpoint_every`` steps of work.
     """
+    from .checkpoint import run_fingerprint
+
     engine = _engine(data, config)
-    checkpointer = _checkpointer(config)
+    checkpointer = _checkpointer(config, run_fingerprint(config, n_clusters, engine.dims(), fingerprint))
     meta = None
-    if checkpointer is not None and checkpointer.latest_step() is not None:
-        meta = checkpointer.restore_meta()
+    step = None if checkpointer is None else checkpointer.newest_intact_step()
+    if step is not None:
+        meta = checkpointer.restore_meta(step)
     if meta is None or meta["phase"] == "pretrain":
         run = _pretrain_run(engine, config, checkpointer, progress=progress, resume=meta, on_step=on_step)
         graphdef, params, pretrain_history, pretrain_seconds = run.graphdef, run.params, run.history, run.seconds
@@ -581,4 +594,6 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, 
                        on_step=on_step)
     if checkpointer is not None:
         checkpointer.close()
-    return _result(engine, run, pretrain_history, pretrain_seconds), graphdef
+    result = _result(engine, run, pretrain_history, pretrain_seconds)
+    result.resumed_from = step
+    return result, graphdef

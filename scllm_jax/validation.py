@@ -1,7 +1,11 @@
-"""Checks on user input, each failing with one line that says what to do."""
+"""Checks on user input, each failing with one line that says what to do, and warnings
+where the data cannot support what was asked (the number of clusters)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import logging
 import warnings
 
 import anndata as ad
@@ -9,23 +13,68 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+logger = logging.getLogger(__name__)
+
 
 class InputError(ValueError):
     """The input data cannot be clustered as given; the message says why and what to do."""
 
 
-def _values(matrix) -> np.ndarray:
-    """The stored values of a dense or sparse matrix, without densifying."""
-    if sp.issparse(matrix):
-        return np.asarray(matrix.data)
-    return np.asarray(matrix).ravel()
+#: Largest value taken for log-scale expression. ``log1p`` of realistic normalised
+#: expression stays below about 20 (``log1p(1e6)`` is 13.8) and ``log2(x + 1)`` of TPM
+#: below about 25, while linear-scale TPM, RPKM, CPM or FPKM values of any real data set
+#: reach hundreds or thousands.
+LOG_SCALE_MAX = 30.0
+
+#: The value types :func:`value_kind` tells apart: what each is taken for, and what
+#: preprocessing does with it.
+VALUE_KINDS = {
+    "counts": ("raw counts", "normalised per cell to target_sum, then log1p"),
+    "linear": ("linear-scale normalised values (TPM, RPKM, CPM, FPKM)",
+               "normalised per cell to target_sum, then log1p, as counts are"),
+    "log": ("log-scale values (e.g. log1p of normalised counts)",
+            "used as they are, without normalisation or log1p"),
+}
 
 
-def matrix_of(adata: ad.AnnData):
-    """Return ``adata.X`` loaded in memory, refusing what cannot be clustered."""
-    matrix = adata.X
+def value_kind(is_integer: bool, largest: float) -> str:
+    """The type of expression values, by the documented rule.
+
+    Parameters
+    ----------
+    is_integer
+        Whether every value is a whole number.
+    largest
+        The largest value.
+
+    Returns
+    -------
+    str
+        ``"counts"`` when every value is an integer; otherwise ``"linear"`` when
+        the largest value is above :data:`LOG_SCALE_MAX`, ``"log"`` when it is not
+        (see :data:`VALUE_KINDS`).
+    """
+    if is_integer:
+        return "counts"
+    return "linear" if largest > LOG_SCALE_MAX else "log"
+
+
+def where(layer: str | None) -> str:
+    """How a message names the matrix read: ``adata.X`` or ``adata.layers['name']``."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def _source(adata: ad.AnnData, layer: str | None):
+    matrix = adata.X if layer is None else adata.layers[layer]
     if matrix is None:
-        raise InputError("The AnnData has no X matrix; put the cells x genes counts in adata.X.")
+        raise InputError("The AnnData has no X matrix; put the cells x genes counts in adata.X "
+                         "(or name the layer that holds them with layer=).")
+    return matrix
+
+
+def matrix_of(adata: ad.AnnData, layer: str | None = None):
+    """Return ``adata.X`` (or ``adata.layers[layer]``) loaded in memory, refusing what cannot be clustered."""
+    matrix = _source(adata, layer)
     if getattr(adata, "isbacked", False) or type(matrix).__name__ in ("Dataset", "CSRDataset", "CSCDataset"):
         matrix = matrix[:] if not sp.issparse(matrix) else matrix
         if hasattr(matrix, "to_memory"):
@@ -35,45 +84,11 @@ def matrix_of(adata: ad.AnnData):
     return matrix
 
 
-def check_counts(adata: ad.AnnData) -> bool:
-    """Validate the expression matrix and tell whether it holds integer counts.
-
-    Parameters
-    ----------
-    adata
-        Cells x genes, raw counts expected in ``X``.
-
-    Returns
-    -------
-    bool
-        ``True`` if every value is a non-negative integer (raw counts).
-
-    Raises
-    ------
-    InputError
-        Empty data, a non-numeric matrix, NaN or infinite values, negative
-        values, or cells without any count.
-    """
-    n_cells, n_genes = adata.shape
-    if n_cells == 0 or n_genes == 0:
-        raise InputError(f"The data has {n_cells} cells and {n_genes} genes; nothing to cluster.")
-    _check_unique_names(adata)
-    matrix = matrix_of(adata)
-    _check_dtype(matrix.dtype)
-    values = _values(matrix)
-    _check_values(values)
-    _check_totals(np.asarray(matrix.sum(axis=1)).ravel())
-    is_counts = bool(np.all(values == np.round(values)))
-    _warn_if_not_counts(is_counts, float(values.max()) if values.size else 0.0)
-    return is_counts
-
-
-def row_chunks(adata: ad.AnnData, size: int):
-    """``(start, CSR float32 rows)`` of ``adata.X`` in consecutive chunks, read from disk when backed."""
-    if adata.X is None:
-        raise InputError("The AnnData has no X matrix; put the cells x genes counts in adata.X.")
+def row_chunks(adata: ad.AnnData, size: int, layer: str | None = None):
+    """``(start, CSR float32 rows)`` of ``adata.X`` (or a layer) in consecutive chunks, read from disk when backed."""
+    matrix = _source(adata, layer)
     for start in range(0, adata.n_obs, size):
-        chunk = adata.X[start:start + size]
+        chunk = matrix[start:start + size]
         if hasattr(chunk, "to_memory"):
             chunk = chunk.to_memory()
         if not sp.issparse(chunk):
@@ -82,32 +97,137 @@ def row_chunks(adata: ad.AnnData, size: int):
         yield start, sp.csr_matrix(chunk, dtype=np.float32)
 
 
-def check_counts_in_chunks(adata: ad.AnnData, size: int) -> tuple[bool, np.ndarray]:
-    """:func:`check_counts` for data read chunk by chunk (backed ``.h5ad``): same checks, same errors.
+@dataclasses.dataclass(frozen=True)
+class CheckedExpression:
+    """What :func:`check_expression` found in the expression matrix.
+
+    Attributes
+    ----------
+    layer
+        The layer read (``None``: ``adata.X``).
+    kind
+        ``"counts"``, ``"linear"`` or ``"log"`` (:func:`value_kind`).
+    largest
+        The largest value.
+    cells_per_gene
+        Number of cells expressing each gene.
+    digest
+        BLAKE2 hash of the gene names and every value read: which data a
+        training run saw (checkpoints compare it).
+    """
+
+    layer: str | None
+    kind: str
+    largest: float
+    cells_per_gene: np.ndarray
+    digest: str
+
+
+def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells: int = 20_000,
+                     warn: bool = True) -> CheckedExpression:
+    """Validate the expression matrix, chunk by chunk, and tell which type of values it holds.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes; read from disk in chunks when backed.
+    layer
+        Read ``adata.layers[layer]`` instead of ``adata.X``.
+    chunk_cells
+        Cells read at a time.
+    warn
+        Warn, naming the rule of :func:`value_kind` that fired, when the values
+        are not raw counts.
 
     Returns
     -------
-    (bool, numpy.ndarray)
-        Whether the data holds raw counts, and the number of cells expressing
-        each gene, counted in the same pass so the file is read once for both.
+    CheckedExpression
+
+    Raises
+    ------
+    InputError
+        Empty data, repeated gene names, a non-numeric matrix, NaN or
+        infinite values, negative values, or cells without any count.
     """
     n_cells, n_genes = adata.shape
     if n_cells == 0 or n_genes == 0:
         raise InputError(f"The data has {n_cells} cells and {n_genes} genes; nothing to cluster.")
     _check_unique_names(adata)
-    dtype = adata.X.dtype if hasattr(adata.X, "dtype") else None
+    dtype = getattr(_source(adata, layer), "dtype", None)
     if dtype is not None:
         _check_dtype(dtype)
-    is_counts, largest = True, 0.0
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{n_cells}x{n_genes}\n".encode())
+    digest.update("\n".join(map(str, adata.var_names)).encode())
+    is_integer, largest = True, 0.0
     cells_per_gene = np.zeros(n_genes, np.int64)
-    for _, chunk in row_chunks(adata, size):
-        _check_values(chunk.data)
+    for _, chunk in row_chunks(adata, chunk_cells, layer):
+        _check_values(chunk.data, layer)
         _check_totals(np.asarray(chunk.sum(axis=1)).ravel())
-        is_counts = is_counts and bool(np.all(chunk.data == np.round(chunk.data)))
+        is_integer = is_integer and bool(np.all(chunk.data == np.round(chunk.data)))
         largest = max(largest, float(chunk.data.max()) if chunk.nnz else 0.0)
         cells_per_gene += np.bincount(chunk.indices[chunk.data > 0], minlength=n_genes)
-    _warn_if_not_counts(is_counts, largest)
-    return is_counts, cells_per_gene
+        for part in (chunk.indptr, chunk.indices, chunk.data):
+            digest.update(np.ascontiguousarray(part).tobytes())
+    kind = value_kind(is_integer, largest)
+    if warn and kind != "counts":
+        what, action = VALUE_KINDS[kind]
+        side = "above" if kind == "linear" else "not above"
+        warnings.warn(f"{where(layer)} holds non-integer values, the largest {largest:.4g} ({side} "
+                      f"{LOG_SCALE_MAX:g}): taken as {what}, {action}. Pass raw counts for the intended "
+                      "preprocessing.", UserWarning, stacklevel=3)
+    return CheckedExpression(layer, kind, largest, cells_per_gene, digest.hexdigest())
+
+
+def choose_layer(adata: ad.AnnData, layer: str | None = None, *, chunk_cells: int = 20_000) -> str | None:
+    """The layer to cluster: the one named, else ``layers['counts']`` when ``X`` holds no counts but it does.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes.
+    layer
+        A layer named by the user (scanpy's ``layer=``), or ``None``.
+
+    Returns
+    -------
+    str or None
+        ``layer`` when given; ``"counts"`` when ``layer`` is ``None``, ``adata.X``
+        holds something other than raw counts (non-integer or negative values,
+        e.g. scaled data) and ``adata.layers['counts']`` holds raw counts
+        (said with a warning); otherwise ``None`` (``adata.X``).
+
+    Raises
+    ------
+    InputError
+        ``layer`` names no layer of ``adata``.
+    """
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputError(f"The data has no layer {layer!r}; its layers are {list(adata.layers.keys())}. "
+                             "Name one of them, or none to use adata.X.")
+        return layer
+    if "counts" not in adata.layers or _holds_counts(adata, None, chunk_cells):
+        return None
+    if not _holds_counts(adata, "counts", chunk_cells):
+        return None
+    warnings.warn("adata.X does not hold raw counts (non-integer or negative values) but "
+                  "adata.layers['counts'] does: clustering adata.layers['counts'] (pass layer='counts', "
+                  "--layer counts, to choose it yourself).", UserWarning, stacklevel=3)
+    logger.info("clustering adata.layers['counts'] instead of adata.X")
+    return "counts"
+
+
+def _holds_counts(adata: ad.AnnData, layer: str | None, chunk_cells: int) -> bool:
+    """Whether every value is a finite, non-negative integer (no errors raised)."""
+    try:
+        for _, chunk in row_chunks(adata, chunk_cells, layer):
+            values = chunk.data
+            if not (np.all(np.isfinite(values)) and np.all(values >= 0) and np.all(values == np.round(values))):
+                return False
+    except InputError:
+        return False
+    return True
 
 
 def _check_unique_names(adata: ad.AnnData) -> None:
@@ -124,7 +244,7 @@ def _check_dtype(dtype) -> None:
                          "store raw counts as integers or floats in adata.X.")
 
 
-def _check_values(values: np.ndarray) -> None:
+def _check_values(values: np.ndarray, layer: str | None = None) -> None:
     if values.dtype == np.bool_:
         values = values.astype(np.float32)
     if not np.all(np.isfinite(values)):
@@ -133,8 +253,9 @@ def _check_values(values: np.ndarray) -> None:
         raise InputError(f"The expression matrix has {n_nan} NaN and {n_inf} infinite values; "
                          "remove or impute them before clustering.")
     if values.size and values.min() < 0:
-        raise InputError("The expression matrix has negative values (scaled or centred data?); "
-                         "pass raw counts in adata.X (or adata.layers['counts']).")
+        raise InputError(f"The expression matrix ({where(layer)}) has negative values (scaled or centred data?); "
+                         "pass raw counts in adata.X, or name the layer that holds them "
+                         "(layer='counts', --layer counts).")
 
 
 def _check_totals(totals: np.ndarray) -> None:
@@ -143,18 +264,6 @@ def _check_totals(totals: np.ndarray) -> None:
         which = "1 cell has" if n_empty == 1 else f"{n_empty} cells have"
         raise InputError(f"{which} no counts at all; drop them first, e.g. "
                          "sc.pp.filter_cells(adata, min_counts=1).")
-
-
-def _warn_if_not_counts(is_counts: bool, largest: float) -> None:
-    if is_counts:
-        return
-    if largest < 30:
-        warnings.warn("adata.X holds non-integer values below 30: this looks like log-normalised "
-                      "data, not counts. It is used as given (no further normalisation); pass raw "
-                      "counts for the intended preprocessing.", UserWarning, stacklevel=3)
-    else:
-        warnings.warn("adata.X holds non-integer values; treating them as normalised expression "
-                      "(pass raw counts for the intended preprocessing).", UserWarning, stacklevel=3)
 
 
 def check_n_clusters(n_clusters: int | None, n_cells: int) -> None:
@@ -170,3 +279,36 @@ def check_n_clusters(n_clusters: int | None, n_cells: int) -> None:
     if n_clusters > n_cells:
         raise InputError(f"n_clusters={n_clusters} is larger than the number of cells ({n_cells}); "
                          "pass a smaller K or None to estimate it.")
+
+
+def distinct_profiles(features: np.ndarray) -> int:
+    """Number of cells that differ, counting near-identical ones once.
+
+    Two cells count as one when every coordinate agrees to within 0.1% of the
+    root mean square of ``features`` (e.g. their principal components).
+    """
+    features = np.asarray(features, dtype=np.float64)
+    scale = float(np.sqrt(np.mean(features ** 2))) if features.size else 0.0
+    if scale == 0.0 or not np.isfinite(scale):
+        return 1
+    return int(np.unique(np.round(features / (1e-3 * scale)), axis=0).shape[0])
+
+
+def check_cluster_support(features: np.ndarray, n_clusters: int) -> None:
+    """Warn when the cells have fewer distinct profiles than the ``n_clusters`` asked for."""
+    n_distinct = distinct_profiles(features)
+    if n_distinct < n_clusters:
+        warnings.warn(f"The {len(features)} cells have only {n_distinct} distinct expression profile(s) "
+                      f"(duplicate or near-identical cells) for n_clusters={n_clusters}: the data cannot support "
+                      f"more than {n_distinct} cluster(s), and a split of identical cells is arbitrary. "
+                      "Pass a smaller n_clusters.", UserWarning, stacklevel=3)
+
+
+def count_clusters(labels: np.ndarray, n_clusters: int) -> int:
+    """Number of non-empty clusters among the ``n_clusters`` asked for; warns when some are empty."""
+    found = int(np.unique(np.asarray(labels)).size)
+    if found < n_clusters:
+        warnings.warn(f"{n_clusters - found} of the n_clusters={n_clusters} clusters are empty: the cells were "
+                      f"split into {found}. The data do not support {n_clusters} clusters; pass a smaller "
+                      "n_clusters, or None to estimate it.", UserWarning, stacklevel=3)
+    return found

@@ -35,16 +35,17 @@ def main() -> None:
     pca = (centres[labels] + rng.normal(size=(300, 10))).astype(np.float32)
     expression = (pca @ rng.normal(size=(10, 30))).astype(np.float32)
     data = minibatch_data(pca, expression, normalized_adjacency(knn_indices(pca, 6)), None, config, data_mesh())
-    resumed_from = -1
-    if args.checkpoint_dir and os.path.isdir(args.checkpoint_dir):
-        from scllm_jax.checkpoint import Checkpointer
+    steps = []  # the optimiser steps this process runs
 
-        resumed_from = Checkpointer(args.checkpoint_dir).latest_step() or -1
-    result, _ = fit_network(data, config, 3, progress=False,
-                            on_step=(lambda step: time.sleep(args.slow)) if args.slow else None)
+    def on_step(step: int) -> None:
+        steps.append(step)
+        time.sleep(args.slow)
+
+    result, _ = fit_network(data, config, 3, progress=False, on_step=on_step)
     leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(result.params)]
-    np.savez(args.out, labels=result.labels, resumed_from=resumed_from,
-             total=np.asarray(result.history["cluster"]["total"]),
+    # resumed_from: as the fit reports it (-1: started afresh).
+    np.savez(args.out, labels=result.labels, resumed_from=-1 if result.resumed_from is None else result.resumed_from,
+             steps=np.asarray(steps, np.int64), total=np.asarray(result.history["cluster"]["total"]),
              **{f"p{i}": leaf for i, leaf in enumerate(leaves)})
 
 

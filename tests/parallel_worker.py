@@ -4,6 +4,11 @@ Run as a script (JAX must see its device count, or join its distributed run,
 before it is imported)::
 
     python parallel_worker.py OUT.npz [--devices N] [--process-id P --num-processes M --coordinator HOST:PORT]
+                                      [--batches-of-processes M]
+
+``--batches-of-processes M`` makes a one-process run feed the global batches an
+``M``-process run feeds (each process draws its own rows in its own order), so
+that the two can be compared step for step.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ def main() -> None:
     parser.add_argument("--coordinator")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--batches-of-processes", type=int, default=1)
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -69,15 +75,56 @@ def main() -> None:
     size = data.local_batch_size
     for i in range(args.steps):
         rows = order[(i % data.steps_per_epoch) * size:][:size]
+        if args.batches_of_processes > 1:
+            rows = batch_of_processes(data, i, args.batches_of_processes)
         params, opt_state, terms = step(params, opt_state, data.tables, make_batch(data, rows))
         losses.append([float(terms[name]) for name in sorted(terms)])
     leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
     np.savez(args.out, losses=np.asarray(losses), n_devices=jax.device_count(),
+             encoder_error=encoder_error(graphdef, params, data, pca, expression, adjacency, text),
              **{f"p{i}": leaf for i, leaf in enumerate(leaves)})
     print("devices", jax.device_count(), "processes", jax.process_count(), "losses", losses[-1])
     if args.coordinator:
         jax.distributed.shutdown()
     sys.exit(0)
+
+
+def batch_of_processes(data, step: int, n_processes: int):
+    """The global batch of ``step`` as ``n_processes`` processes assemble it (see ``minibatch.epoch_order``):
+    each takes its block of rows, permuted by its own generator, and contributes its share in rank order."""
+    import numpy as np
+
+    share = data.batch_size // n_processes
+    per_process = -(-data.n_cells // n_processes)
+    parts = []
+    for rank in range(n_processes):
+        cells = np.arange(rank * per_process, min((rank + 1) * per_process, data.n_cells))
+        order = np.resize(cells[np.random.default_rng([0, 0, 0, rank]).permutation(cells.size)],
+                          data.steps_per_epoch * share)
+        parts.append(order[(step % data.steps_per_epoch) * share:][:share])
+    return np.concatenate(parts)
+
+
+def encoder_error(graphdef, params, data, pca, expression, adjacency, text) -> float:
+    """Largest difference between the latent of one sharded mini-batch (on this run's mesh) and the rows
+    of the full-graph encoder: the mini-batch encoder must be exact on any number of devices."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from scllm_jax.graph import graph_from_adjacency
+    from scllm_jax.minibatch import encode_batch, make_batch
+    from scllm_jax.parallel import to_host
+    from scllm_jax.train import training_data
+
+    host = nnx.merge(graphdef, jax.device_get(params))
+    full = training_data(pca, expression, graph_from_adjacency(adjacency), text)
+    reference = np.asarray(host.encode(full.aggregated_input, full.edges, full.senders, full.receivers))
+    rows = data.local_cells[:data.local_batch_size]
+    batch = make_batch(data, rows)
+    latent = jax.jit(lambda p, tables, b: encode_batch(nnx.merge(graphdef, p), tables, b))(params, data.tables, batch)
+    cells = to_host(batch.cells)
+    return float(np.max(np.abs(to_host(latent) - reference[cells])))
 
 
 if __name__ == "__main__":

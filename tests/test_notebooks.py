@@ -3,7 +3,10 @@
 Each notebook runs in a fresh kernel of this interpreter (a kernelspec written to a
 temporary folder, so no Jupyter installation outside the test is used or changed),
 with ``SCLLM_NOTEBOOK_QUICK=1`` and ``notebooks/`` as working directory. The executed
-copies stay in memory; the committed notebooks are never rewritten.
+copies stay in memory; the committed notebooks are never rewritten. Language-model
+embeddings go to an empty cache of the test (``SCLLM_JAX_CACHE``), never to the user's
+``~/.cache/scllm_jax``: what a notebook computes, and how long it takes, does not depend on
+earlier runs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ NAMES = ["01_quickstart", "02_bring_your_own_data", "03_benchmark", "04_scale"]
 
 @pytest.fixture
 def kernel_env(tmp_path, monkeypatch):
-    """A kernelspec for ``sys.executable`` found first on JUPYTER_PATH; quick mode on."""
+    """A kernelspec for ``sys.executable`` found first on JUPYTER_PATH; quick mode on; an empty embedding cache."""
     spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -36,6 +39,7 @@ def kernel_env(tmp_path, monkeypatch):
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("SCLLM_NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("SCLLM_JAX_CACHE", str(tmp_path / "embedding_cache"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.delenv("SCLLM_BENCHMARK_TSV", raising=False)
     return tmp_path
@@ -95,6 +99,8 @@ def test_quickstart(kernel_env):
     assert len(_outputs(notebook, "image/png")) >= 3  # UMAP, training curves, confusion
     text = _text(notebook)
     assert "quick mode" in text and "ARI" in text
+    # The semantic view's embeddings went to the test's cache.
+    assert list((kernel_env / "embedding_cache").rglob("*.safetensors"))
 
 
 def test_bring_your_own_data(kernel_env):

@@ -1,0 +1,156 @@
+"""The command line: output paths and ``--config`` checked before any work, results written
+whole or not at all, Ctrl-C answered with one line."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scllm_jax.checkpoint import Checkpointer
+from scllm_jax.cli import main
+from scllm_jax.config import ScllmConfig
+from scllm_jax.io import write_h5ad
+
+from .conftest import config_file, one_error_line
+
+
+@pytest.fixture(scope="module")
+def cells_file(baron, tmp_path_factory) -> Path:
+    """200 real cells as an .h5ad file."""
+    path = tmp_path_factory.mktemp("input") / "cells.h5ad"
+    baron[:200].copy().write_h5ad(path)
+    return path
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if _writable(locked):  # root ignores permission bits; sysfs refuses new files even to root
+        locked = Path("/sys")
+    if not locked.is_dir() or _writable(locked):
+        pytest.skip("no folder on this machine refuses writes")
+    return locked
+
+
+# ------------------------------------------------------------------ --out, before any work
+
+
+@pytest.mark.parametrize("case", ["folder", "under a file", "csv", "no permission"])
+def test_bad_output_path_is_refused_before_reading_the_input(tmp_path, capsys, case):
+    """The input does not even exist: the output path is what is reported, so it was checked first."""
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "folder.h5ad").mkdir()
+    out, expected = {
+        "folder": (tmp_path / "folder.h5ad", r"is a folder; name a file in it, e\.g\. .*result\.h5ad"),
+        "under a file": (tmp_path / "a_file" / "out.h5ad", r"a_file is a file, not a folder; choose another path"),
+        "csv": (tmp_path / "result.csv", r"the result is written as AnnData \(HDF5\); give the file the \.h5ad "
+                                         r"suffix, e\.g\. result\.h5ad"),
+        "no permission": (None, r"cannot write in .* choose a folder you can write to"),
+    }[case]
+    if out is None:
+        out = unwritable_folder(tmp_path) / "sub" / "out.h5ad"
+    assert main(["cluster", str(tmp_path / "missing.h5ad"), "--out", str(out), "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: --out {out}"), line
+    assert re.search(expected, line), line
+    assert not (tmp_path / "result.csv").exists()
+
+
+def test_bad_plots_folder_is_refused_before_reading_the_input(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(["cluster", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "o.h5ad"),
+                 "--plots", str(tmp_path / "a_file")]) == 2
+    assert "--plots" in one_error_line(capsys)
+
+
+def test_result_is_written_whole_or_not_at_all(baron, tmp_path):
+    adata = baron[:5].copy()
+    adata.uns["unwritable"] = object()  # anndata fails half-way through the file
+    out = tmp_path / "out.h5ad"
+    with pytest.raises(Exception):
+        write_h5ad(adata, out)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a partial one
+    del adata.uns["unwritable"]
+    write_h5ad(adata, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5ad"]
+
+
+# ------------------------------------------------------------------------ --config
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"pretrain_epochs": 5,}', r"is not valid JSON \(Expecting property name .* at line 1, column 23\); fix the file"),
+    ('[1, 2]', r"holds a JSON list, not an object of ScllmConfig fields"),
+    ('{"pretrain_epoch": 5}', r": Unknown ScllmConfig fields \['pretrain_epoch'\]"),
+    ('{"pretrain_epochs": -1}', r": Invalid ScllmConfig: pretrain_epochs must be >= 0"),
+])
+def test_bad_config_file_is_named(cells_file, tmp_path, capsys, content, expected):
+    config = tmp_path / "settings.json"
+    config.write_text(content)
+    assert main(["cluster", str(cells_file), "--out", str(tmp_path / "o.h5ad"), "--config", str(config)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: --config {config}"), line
+    assert re.search(expected, line), line
+
+
+def test_missing_config_file_is_named(cells_file, tmp_path, capsys):
+    config = tmp_path / "nowhere.json"
+    assert main(["cluster", str(cells_file), "--out", str(tmp_path / "o.h5ad"), "--config", str(config)]) == 2
+    assert one_error_line(capsys) == f"error: --config {config}: cannot be read (No such file or directory); " \
+                                 "check the path."
+
+
+def test_restart_without_a_checkpoint_folder_is_refused(cells_file, tmp_path, capsys):
+    assert main(["cluster", str(cells_file), "--out", str(tmp_path / "o.h5ad"), "--restart"]) == 2
+    assert "--restart discards the checkpoints of a checkpoint folder, but none is given" in one_error_line(capsys)
+
+
+# ------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_prints_one_line_writes_nothing_and_keeps_the_checkpoint(cells_file, tmp_path):
+    checkpoints, out = tmp_path / "checkpoints", tmp_path / "out.h5ad"
+    config = config_file(ScllmConfig.tiny(pretrain_epochs=5000, checkpoint_every=20), tmp_path)
+    command = [sys.executable, "-c", "import sys; from scllm_jax.cli import main; sys.exit(main())", "cluster",
+               str(cells_file), "--out", str(out), "--n-clusters", "3", "--graph-only", "--quiet",
+               "--config", str(config), "--checkpoint-dir", str(checkpoints)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    try:
+        while process.poll() is None and time.monotonic() < deadline and not any(
+                p.name.isdigit() for p in checkpoints.glob("*")):
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()
+        time.sleep(1.0)  # well inside training, between or during checkpoints
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "error: interrupted (Ctrl-C); results are written only when a run completes; the last checkpoint in "
+        f"{checkpoints} is intact: run the same command to resume."]
+    assert list(tmp_path.glob("*out*")) == []  # no output, no partial file
+    saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    reader = Checkpointer(checkpoints)
+    assert reader.newest_intact_step() == saved[-1] > 0  # read back whole, nothing set aside
+    assert reader.restore_meta(saved[-1])["phase"] == "pretrain"
+    assert np.isfinite(reader.restore_meta(saved[-1])["history"]["total"]).all()

@@ -1,0 +1,75 @@
+"""Files of RPKM, TPM and log-normalised values cluster as their counts do.
+
+Each file is built from the bundled pancreas counts (822 cells, 13 types; see
+``conftest.value_version``) and clustered through the command line, as a user
+would; the value type must be detected by the documented rule, said in a
+warning, and the clustering must stay within 0.05 ARI of the counts run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scllm_jax.cli import main
+from scllm_jax.config import ScllmConfig
+from scllm_jax.io import read
+from scllm_jax.metrics import cluster_metrics
+from scllm_jax.validation import LOG_SCALE_MAX, check_expression, value_kind
+
+from .conftest import VALUE_VERSIONS, config_file, value_version
+
+K = 13
+CONFIG = ScllmConfig.tiny(use_semantic=False)
+#: What each file must be taken for, and the rule the warning must name.
+EXPECTED = {"rpkm": ("linear", r"above 30\): taken as linear-scale normalised values \(TPM, RPKM, CPM, FPKM\), "
+                               r"normalised per cell to target_sum, then log1p"),
+            "tpm": ("linear", r"above 30\): taken as linear-scale normalised values"),
+            "log": ("log", r"not above 30\): taken as log-scale values .*, used as they are")}
+
+
+def cluster_file(adata, folder, name: str) -> tuple[float, object]:
+    """``scllm-jax cluster`` on ``adata`` written as a file; the ARI against the published types, and the result."""
+    path, out, config = folder / f"{name}.h5ad", folder / f"{name}_out.h5ad", config_file(CONFIG, folder)
+    adata.write_h5ad(path)
+    assert main(["cluster", str(path), "--out", str(out), "--n-clusters", str(K), "--config", str(config),
+                 "--quiet"]) == 0
+    result = read(out)
+    return cluster_metrics(result.obs["cell_type"], result.obs["scllm"])["ARI"], result
+
+
+@pytest.fixture(scope="module")
+def counts_ari(baron, tmp_path_factory) -> float:
+    ari, result = cluster_file(baron, tmp_path_factory.mktemp("counts"), "counts")
+    assert result.uns["scllm"]["input"]["values"] == "counts"
+    return ari
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", VALUE_VERSIONS)
+def test_other_value_types_cluster_like_counts(kind, baron, counts_ari, tmp_path):
+    values = value_version(baron, kind)
+    assert not np.all(values.X.data == np.round(values.X.data))
+    expected_kind, rule = EXPECTED[kind]
+    with pytest.warns(UserWarning, match=rule):
+        ari, result = cluster_file(values, tmp_path, kind)
+    assert result.uns["scllm"]["input"]["values"] == expected_kind
+    assert abs(ari - counts_ari) <= 0.05, f"{kind}: ARI {ari:.3f}, counts {counts_ari:.3f}"
+
+
+def test_the_rule():
+    assert value_kind(True, 5_000.0) == "counts"
+    assert value_kind(True, 3.0) == "counts"
+    assert value_kind(False, LOG_SCALE_MAX + 0.5) == "linear"
+    assert value_kind(False, 49_957.0) == "linear"  # the largest RPKM of a human embryo data set
+    assert value_kind(False, LOG_SCALE_MAX) == "log"
+    assert value_kind(False, 13.8) == "log"  # log1p(CPM) reaches log1p(1e6)
+
+
+@pytest.mark.parametrize("kind", VALUE_VERSIONS)
+def test_detected_on_a_single_cell(baron, kind):
+    """The rule gives the same answer for one cell as for all of them (predict sees small batches)."""
+    values = value_version(baron[:50], kind)
+    expected = EXPECTED[kind][0]
+    assert check_expression(values, warn=False).kind == expected
+    assert check_expression(values[:1], warn=False).kind == expected
