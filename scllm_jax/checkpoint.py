@@ -20,8 +20,11 @@ one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +189,10 @@ class Checkpointer:
         # Orbax refuses zero-size arrays; absent tables are empty and rebuilt from the template on restore.
         tree = {f"{i:05d}": leaf for i, leaf in enumerate(leaves) if leaf.size}
         ocp = self._ocp
-        self.manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(tree),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
-        self.manager.wait_until_finished()
+        with _interrupt_after():
+            self.manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(tree),
+                                                            meta=ocp.args.JsonSave(meta)), force=True)
+            self.manager.wait_until_finished()
 
     def restore_meta(self, step: int | None = None) -> dict:
         """The JSON part of checkpoint ``step`` (newest by default)."""
@@ -213,4 +217,27 @@ class Checkpointer:
         return jax.tree.unflatten(treedef, restored)
 
     def close(self) -> None:
-        self.manager.close()
+        """Wait for orbax's background writers and release the folder."""
+        with _interrupt_after():
+            self.manager.close()
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold back Ctrl-C until the block ends, then raise it.
+
+    A save cut short leaves orbax's writer threads running into interpreter
+    shutdown (a screen of tracebacks) and no new step; finishing the save
+    first keeps the promise that the newest checkpoint is whole.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

@@ -2,8 +2,9 @@
 
 Counts -> filter genes -> normalise to ``target_sum`` -> ``log1p`` -> highly
 variable genes -> scale (clip at 10) -> PCA. Linear-scale normalised values
-(TPM, RPKM, CPM) take the same path; log-scale values skip normalisation and
-``log1p`` (:func:`~scllm_jax.validation.value_kind` tells them apart). The
+(TPM, RPKM, CPM) take the same path; log-scale values are first brought back
+to linear scale (:func:`~scllm_jax.validation.value_kind` and
+:func:`~scllm_jax.validation.log_base` tell them apart). The
 fitted state (value type, genes, scaling, PCA loadings) is kept so that new
 cells can be mapped into the same space (:meth:`Preprocessor.transform`), which
 a saved model needs.
@@ -95,11 +96,16 @@ class ScaledExpression:
             yield start, self[np.arange(start, min(start + size, self.shape[0]))]
 
 
-def _log_normalise(matrix, kind: str, target_sum: float) -> sp.csr_matrix:
-    """Log expression of ``matrix`` by its value type: counts and linear values normalised and logged."""
+def _log_normalise(matrix, kind: str, target_sum: float, log_base: float | None = None) -> sp.csr_matrix:
+    """Log expression of ``matrix`` by its value type: normalised per cell to ``target_sum``, then ``log1p``.
+
+    Log-scale values are first brought back to linear scale with ``log_base``,
+    so that every value type ends in the same space as counts do.
+    """
     csr = sp.csr_matrix(matrix, dtype=np.float32)
     if kind == "log":
-        return csr
+        csr = csr.copy()
+        csr.data = (np.power(log_base, csr.data.astype(np.float64)) - 1.0).astype(np.float32)
     totals = np.asarray(csr.sum(axis=1)).ravel()
     scale = (target_sum / np.maximum(totals, 1e-12)).astype(np.float32)
     csr = sp.csr_matrix(sp.diags(scale) @ csr, dtype=np.float32)
@@ -182,6 +188,9 @@ class Preprocessor:
     input_digest
         Hash of the gene names and values fitted on
         (:attr:`~scllm_jax.validation.CheckedExpression.digest`).
+    log_base
+        Base that undoes log-scale values (:func:`~scllm_jax.validation.log_base`),
+        kept so that new cells are undone alike; ``None`` for other value types.
     """
 
     gene_names: np.ndarray
@@ -194,6 +203,7 @@ class Preprocessor:
     pca_mean: np.ndarray
     pca_components: np.ndarray
     input_digest: str = ""
+    log_base: float | None = None
 
     @classmethod
     def fit(cls, adata: ad.AnnData, config: ScllmConfig, *,
@@ -227,7 +237,7 @@ class Preprocessor:
         if getattr(adata, "isbacked", False):
             return cls._fit_streaming(adata, config, checked, keep, gene_names)
         matrix = sp.csr_matrix(matrix_of(adata, layer), dtype=np.float32)
-        log_expression = _log_normalise(matrix[:, keep], checked.kind, config.target_sum)
+        log_expression = _log_normalise(matrix[:, keep], checked.kind, config.target_sum, checked.log_base)
         hvg = _highly_variable(log_expression, config.n_top_genes)
         if adata.n_obs >= config.minibatch_min_cells:
             return cls._fit_in_blocks(checked, gene_names, sp.csr_matrix(log_expression[:, hvg]), hvg, config)
@@ -253,7 +263,8 @@ class Preprocessor:
         return cls(gene_names=gene_names, hvg_names=gene_names[hvg], values=checked.kind, layer=checked.layer,
                    target_sum=config.target_sum, gene_mean=np.asarray(gene_mean, np.float32),
                    gene_std=np.asarray(gene_std, np.float32), pca_mean=np.asarray(pca_mean, np.float32),
-                   pca_components=np.asarray(pca_components, np.float32), input_digest=checked.digest)
+                   pca_components=np.asarray(pca_components, np.float32), input_digest=checked.digest,
+                   log_base=checked.log_base)
 
     @classmethod
     def _fit_streaming(cls, adata: ad.AnnData, config: ScllmConfig, checked: CheckedExpression, keep: np.ndarray,
@@ -271,7 +282,8 @@ class Preprocessor:
 
         def log_chunks():
             for _, chunk in row_chunks(adata, _CHUNK_CELLS, checked.layer):
-                yield _log_normalise(sp.csr_matrix(chunk[:, kept]), checked.kind, config.target_sum)
+                yield _log_normalise(sp.csr_matrix(chunk[:, kept]), checked.kind, config.target_sum,
+                                     checked.log_base)
 
         if kept.size <= config.n_top_genes:
             hvg = np.arange(kept.size)
@@ -352,7 +364,7 @@ class Preprocessor:
         # Library sizes over the genes kept at fit time, as in fit.
         kept = _select_columns(matrix, np.array([position.get(g, -1) for g in self.gene_names]))
         kept_position = {name: j for j, name in enumerate(self.gene_names)}
-        full = _log_normalise(kept, self.values, self.target_sum)
+        full = _log_normalise(kept, self.values, self.target_sum, self.log_base)
         log_expression = _select_columns(full, np.array([kept_position[g] for g in self.hvg_names]))
         dense = log_expression.toarray()
         scaled = np.clip((dense - self.gene_mean) / self.gene_std, -_SCALE_CLIP, _SCALE_CLIP).astype(np.float32)
@@ -367,7 +379,8 @@ class Preprocessor:
                 "values": np.array(self.values), "layer": np.array("" if self.layer is None else self.layer),
                 "target_sum": np.array(self.target_sum), "gene_mean": self.gene_mean, "gene_std": self.gene_std,
                 "pca_mean": self.pca_mean, "pca_components": self.pca_components,
-                "input_digest": np.array(self.input_digest)}
+                "input_digest": np.array(self.input_digest),
+                "log_base": np.array(np.nan if self.log_base is None else self.log_base)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Preprocessor":
@@ -378,7 +391,13 @@ class Preprocessor:
                    target_sum=float(arrays["target_sum"]),
                    gene_mean=np.asarray(arrays["gene_mean"]), gene_std=np.asarray(arrays["gene_std"]),
                    pca_mean=np.asarray(arrays["pca_mean"]), pca_components=np.asarray(arrays["pca_components"]),
-                   input_digest=str(arrays["input_digest"]))
+                   input_digest=str(arrays["input_digest"]),
+                   log_base=_optional_float(arrays.get("log_base")))
+
+
+def _optional_float(value) -> float | None:
+    """A saved float, ``None`` where it was saved as NaN or not saved at all."""
+    return None if value is None or np.isnan(float(value)) else float(value)
 
 
 def _select_columns(matrix: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:

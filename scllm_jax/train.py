@@ -571,29 +571,31 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, 
 
     engine = _engine(data, config)
     checkpointer = _checkpointer(config, run_fingerprint(config, n_clusters, engine.dims(), fingerprint))
-    meta = None
-    step = None if checkpointer is None else checkpointer.newest_intact_step()
-    if step is not None:
-        meta = checkpointer.restore_meta(step)
-    if meta is None or meta["phase"] == "pretrain":
-        run = _pretrain_run(engine, config, checkpointer, progress=progress, resume=meta, on_step=on_step)
-        graphdef, params, pretrain_history, pretrain_seconds = run.graphdef, run.params, run.history, run.seconds
-        global_step = run.global_step
-        resume = None
-    else:
-        graphdef, params = nnx.split(build_network(*engine.dims(), 1, config), nnx.Param)
-        pretrain_history, pretrain_seconds = meta["pretrain_history"], meta["seconds"]
-        n_clusters, global_step, resume = meta["n_clusters"], meta["global_step"], meta
-    extra = {"pretrain_history": pretrain_history, "seconds": pretrain_seconds, "n_clusters": int(n_clusters)}
-    if resume is not None:
-        extra["initialisation"] = resume.get("initialisation", {})
-    if initialise is None:
-        initialise = lambda embedding, k: _latent_kmeans(embedding, k, config)  # noqa: E731
-    run = _cluster_run(engine, config, graphdef, params, int(n_clusters), checkpointer, progress=progress,
-                       global_step=global_step, initialise=initialise, resume=resume, extra_meta=extra,
-                       on_step=on_step)
-    if checkpointer is not None:
-        checkpointer.close()
+    try:
+        meta = None
+        step = None if checkpointer is None else checkpointer.newest_intact_step()
+        if step is not None:
+            meta = checkpointer.restore_meta(step)
+        if meta is None or meta["phase"] == "pretrain":
+            run = _pretrain_run(engine, config, checkpointer, progress=progress, resume=meta, on_step=on_step)
+            graphdef, params, pretrain_history, pretrain_seconds = run.graphdef, run.params, run.history, run.seconds
+            global_step = run.global_step
+            resume = None
+        else:
+            graphdef, params = nnx.split(build_network(*engine.dims(), 1, config), nnx.Param)
+            pretrain_history, pretrain_seconds = meta["pretrain_history"], meta["seconds"]
+            n_clusters, global_step, resume = meta["n_clusters"], meta["global_step"], meta
+        extra = {"pretrain_history": pretrain_history, "seconds": pretrain_seconds, "n_clusters": int(n_clusters)}
+        if resume is not None:
+            extra["initialisation"] = resume.get("initialisation", {})
+        if initialise is None:
+            initialise = lambda embedding, k: _latent_kmeans(embedding, k, config)  # noqa: E731
+        run = _cluster_run(engine, config, graphdef, params, int(n_clusters), checkpointer, progress=progress,
+                           global_step=global_step, initialise=initialise, resume=resume, extra_meta=extra,
+                           on_step=on_step)
+    finally:  # also on Ctrl-C: orbax's writer threads must finish before the interpreter exits
+        if checkpointer is not None:
+            checkpointer.close()
     result = _result(engine, run, pretrain_history, pretrain_seconds)
     result.resumed_from = step
     return result, graphdef

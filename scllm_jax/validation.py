@@ -32,9 +32,14 @@ VALUE_KINDS = {
     "counts": ("raw counts", "normalised per cell to target_sum, then log1p"),
     "linear": ("linear-scale normalised values (TPM, RPKM, CPM, FPKM)",
                "normalised per cell to target_sum, then log1p, as counts are"),
-    "log": ("log-scale values (e.g. log1p of normalised counts)",
-            "used as they are, without normalisation or log1p"),
+    "log": ("log-scale values (e.g. log1p of normalised counts, log2(TPM + 1))",
+            "brought back to linear scale (the base, e, 2 or 10, under which the cells' totals agree; e when "
+            "none does), then normalised per cell to target_sum and log1p, as counts are"),
 }
+#: Bases tried for log-scale values, natural first (the default when no base fits).
+LOG_BASES = (float(np.e), 2.0, 10.0)
+#: De-logged totals whose coefficient of variation over cells is below this count as equal (normalised data).
+EQUAL_TOTALS_CV = 0.02
 
 
 def value_kind(is_integer: bool, largest: float) -> str:
@@ -111,6 +116,8 @@ class CheckedExpression:
         The largest value.
     cells_per_gene
         Number of cells expressing each gene.
+    log_base
+        For log-scale values, the base they are undone with (:func:`log_base`); ``None`` otherwise.
     digest
         BLAKE2 hash of the gene names and every value read: which data a
         training run saw (checkpoints compare it).
@@ -121,6 +128,27 @@ class CheckedExpression:
     largest: float
     cells_per_gene: np.ndarray
     digest: str
+    log_base: float | None = None
+
+
+def log_base(delogged_totals: dict[float, np.ndarray]) -> float:
+    """The base of log-scale values: the one under which the cells' de-logged totals agree.
+
+    Public log-scale data are mostly ``log_b(1 + x)`` of values normalised to a
+    common total per cell (scanpy's ``normalize_total``, CPM, TPM), with ``b``
+    e or 2 (or 10). Undone with the right base, every cell's total is the same
+    again; with a wrong one the totals scatter. Where no base gives equal
+    totals (coefficient of variation below :data:`EQUAL_TOTALS_CV`), e.g. the
+    log of unnormalised values or a subset of genes, the natural log is assumed.
+
+    Parameters
+    ----------
+    delogged_totals
+        For each base ``b`` of :data:`LOG_BASES`, each cell's ``sum_g (b^v - 1)``.
+    """
+    spread = {base: float(np.std(totals) / max(np.mean(totals), 1e-300)) for base, totals in delogged_totals.items()}
+    best = min(spread, key=spread.get)
+    return best if spread[best] < EQUAL_TOTALS_CV else LOG_BASES[0]
 
 
 def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells: int = 20_000,
@@ -161,22 +189,30 @@ def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells
     digest.update("\n".join(map(str, adata.var_names)).encode())
     is_integer, largest = True, 0.0
     cells_per_gene = np.zeros(n_genes, np.int64)
+    delogged_totals: dict[float, list[np.ndarray]] = {base: [] for base in LOG_BASES}
     for _, chunk in row_chunks(adata, chunk_cells, layer):
         _check_values(chunk.data, layer)
         _check_totals(np.asarray(chunk.sum(axis=1)).ravel())
         is_integer = is_integer and bool(np.all(chunk.data == np.round(chunk.data)))
         largest = max(largest, float(chunk.data.max()) if chunk.nnz else 0.0)
+        if largest <= LOG_SCALE_MAX:  # could still be log-scale: keep the totals each base would give
+            for base, totals in delogged_totals.items():
+                delogged = sp.csr_matrix((np.power(base, chunk.data.astype(np.float64)) - 1.0, chunk.indices,
+                                          chunk.indptr), shape=chunk.shape)
+                totals.append(np.asarray(delogged.sum(axis=1)).ravel())
         cells_per_gene += np.bincount(chunk.indices[chunk.data > 0], minlength=n_genes)
         for part in (chunk.indptr, chunk.indices, chunk.data):
             digest.update(np.ascontiguousarray(part).tobytes())
     kind = value_kind(is_integer, largest)
+    base = log_base({b: np.concatenate(t) for b, t in delogged_totals.items()}) if kind == "log" else None
     if warn and kind != "counts":
         what, action = VALUE_KINDS[kind]
         side = "above" if kind == "linear" else "not above"
+        chosen = f" Base found: {base:.4g}." if base is not None else ""
         warnings.warn(f"{where(layer)} holds non-integer values, the largest {largest:.4g} ({side} "
-                      f"{LOG_SCALE_MAX:g}): taken as {what}, {action}. Pass raw counts for the intended "
+                      f"{LOG_SCALE_MAX:g}): taken as {what}, {action}.{chosen} Pass raw counts for the intended "
                       "preprocessing.", UserWarning, stacklevel=3)
-    return CheckedExpression(layer, kind, largest, cells_per_gene, digest.hexdigest())
+    return CheckedExpression(layer, kind, largest, cells_per_gene, digest.hexdigest(), base)
 
 
 def choose_layer(adata: ad.AnnData, layer: str | None = None, *, chunk_cells: int = 20_000) -> str | None:

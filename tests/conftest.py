@@ -38,7 +38,7 @@ def baron_small(baron) -> ad.AnnData:
 
 
 #: The value types a user's file may hold besides raw counts, built from counts by :func:`value_version`.
-VALUE_VERSIONS = ("rpkm", "tpm", "log")
+VALUE_VERSIONS = ("rpkm", "tpm", "log", "log1p_cpm", "log2_tpm")
 
 
 def value_version(counts: ad.AnnData, kind: str) -> ad.AnnData:
@@ -52,6 +52,7 @@ def value_version(counts: ad.AnnData, kind: str) -> ad.AnnData:
     - ``"tpm"``: TPM of the same reads, (reads / L) / sum(reads / L) x 1e6.
     - ``"log"``: scanpy's log-normalisation (``sc.pp.normalize_total`` to the
       median library size, then ``sc.pp.log1p``).
+    - ``"log1p_cpm"``: ``ln(1 + CPM)``; ``"log2_tpm"``: ``log2(1 + TPM)``.
 
     The per-gene length cancels in RPKM and TPM as it does for real
     full-length data; what differs from counts is the scale of every cell
@@ -59,9 +60,13 @@ def value_version(counts: ad.AnnData, kind: str) -> ad.AnnData:
     """
     counts_matrix = sp.csr_matrix(counts.X, dtype=np.float64)
     totals = np.asarray(counts_matrix.sum(axis=1)).ravel()
-    if kind == "log":
-        values = sp.csr_matrix(sp.diags(np.median(totals) / totals) @ counts_matrix)
+    if kind in ("log", "log1p_cpm"):
+        target = np.median(totals) if kind == "log" else 1e6
+        values = sp.csr_matrix(sp.diags(target / totals) @ counts_matrix)
         values.data = np.log1p(values.data)
+    elif kind == "log2_tpm":
+        values = value_version(counts, "tpm").X.astype(np.float64)
+        values.data = np.log2(1.0 + values.data)
     else:
         length = np.random.default_rng(0).lognormal(np.log(2_000.0), 0.6, counts.n_vars)
         reads = counts_matrix @ sp.diags(length)

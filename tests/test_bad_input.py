@@ -109,9 +109,10 @@ def test_non_numeric_matrix_is_refused():
 
 def test_log_normalised_data_warns_and_still_clusters(counts, reference):
     logged = value_version(counts, "log")
-    with pytest.warns(UserWarning, match=r"not above 30\): taken as log-scale values .* used as they are"):
+    with pytest.warns(UserWarning, match=r"not above 30\): taken as log-scale values .* brought back to linear "
+                                         r"scale .* Base found: 2\.718"):
         tl.cluster(logged, K, config=TRAINED, progress=False)
-    # Not the same numbers as the pipeline's own log-normalisation (another library size).
+    # De-logged and normalised again: the pipeline's own log-normalisation of the counts.
     assert_clustered(logged, reference, min_ari=0.9)
 
 

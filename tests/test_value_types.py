@@ -1,4 +1,4 @@
-"""Files of RPKM, TPM and log-normalised values cluster as their counts do.
+"""Files of RPKM, TPM and log-scale values cluster as their counts do.
 
 Each file is built from the bundled pancreas counts (822 cells, 13 types; see
 ``conftest.value_version``) and clustered through the command line, as a user
@@ -25,7 +25,10 @@ CONFIG = ScllmConfig.tiny(use_semantic=False)
 EXPECTED = {"rpkm": ("linear", r"above 30\): taken as linear-scale normalised values \(TPM, RPKM, CPM, FPKM\), "
                                r"normalised per cell to target_sum, then log1p"),
             "tpm": ("linear", r"above 30\): taken as linear-scale normalised values"),
-            "log": ("log", r"not above 30\): taken as log-scale values .*, used as they are")}
+            "log": ("log", r"not above 30\): taken as log-scale values .*, brought back to linear scale .* "
+                           r"Base found: 2.718"),
+            "log1p_cpm": ("log", r"taken as log-scale values .* Base found: 2.718"),
+            "log2_tpm": ("log", r"taken as log-scale values .* Base found: 2\.")}
 
 
 def cluster_file(adata, folder, name: str) -> tuple[float, object]:
@@ -73,3 +76,19 @@ def test_detected_on_a_single_cell(baron, kind):
     expected = EXPECTED[kind][0]
     assert check_expression(values, warn=False).kind == expected
     assert check_expression(values[:1], warn=False).kind == expected
+
+
+@pytest.mark.parametrize(("kind", "base"), [("log", np.e), ("log1p_cpm", np.e), ("log2_tpm", 2.0)])
+def test_the_base_of_log_values_is_the_one_that_makes_cell_totals_agree(baron, kind, base):
+    values = value_version(baron[:200], kind)
+    assert check_expression(values, warn=False).log_base == pytest.approx(base)
+
+
+def test_log_values_of_unnormalised_data_are_taken_as_natural_logs(baron):
+    from scllm_jax.validation import LOG_BASES, log_base
+
+    values = baron[:200].copy()
+    values.X = values.X.astype(np.float32)
+    values.X.data = np.log1p(values.X.data)  # log of raw counts: no base makes the totals agree
+    assert check_expression(values, warn=False).log_base == LOG_BASES[0] == pytest.approx(np.e)
+    assert log_base({2.0: np.array([1.0, 1.0, 1.0]), np.e: np.array([1.0, 2.0, 3.0])}) == 2.0
