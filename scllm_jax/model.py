@@ -24,7 +24,7 @@ from .assignment import student_t_assign
 from .config import ScllmConfig
 from .graph import attach_cells, graph_from_adjacency, knn_adjacency, knn_indices, normalized_adjacency
 from .n_clusters import estimate_n_clusters
-from .partition import InitialPartition, initial_partition
+from .partition import InitialPartition, final_partition, initial_partition
 from .preprocess import PreparedData, Preprocessor
 from .train import FitResult, build_network, fit_network, make_embed, training_data, use_minibatch
 from .validation import InputError, check_cluster_support, check_n_clusters, count_clusters
@@ -73,6 +73,9 @@ class ScllmModel:
         self._reference_adjacency = None
         self.prepared_: PreparedData | None = None
         self.cell_text_: np.ndarray | None = None
+        # How the reported partition was chosen; centres on the principal components when k-means there won.
+        self.selection_: dict = {"chosen": "head"}
+        self._pca_centres: np.ndarray | None = None
 
     # ------------------------------------------------------------------ fitting
     def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
@@ -144,6 +147,12 @@ class ScllmModel:
                                                          "values": pre.values})
         self.n_clusters = int(self.result.assignment.shape[1])
         self._graphdef, self._params = graphdef, self.result.params
+        start_selection = time.perf_counter()
+        choice = final_partition(self.result.labels, prepared.pca, indices, self.result.embedding, self.n_clusters,
+                                 method=config.final_selection, seed=config.seed, n_init=config.kmeans_n_init,
+                                 n_neighbors=config.selection_neighbors, max_cells=config.kmeans_max_cells)
+        self.timings["selection"] = time.perf_counter() - start_selection
+        self.result.labels, self.selection_, self._pca_centres = choice.labels, choice.summary(), choice.centres
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
         self.timings["total"] = time.perf_counter() - start
         self.n_clusters_found_ = count_clusters(self.labels_, self.n_clusters)
@@ -288,6 +297,10 @@ class ScllmModel:
         embedding = embedding[n_reference:n_reference + n_new]
         assignment = student_t_assign(embedding, self._params["centres"][...], self.config.alpha)
         labels = np.asarray(jnp.argmax(assignment, axis=1))
+        if self._pca_centres is not None:
+            # The fit reported k-means on the principal components: new cells go to the nearest of its centres.
+            distances = ((prepared.pca[:, None, :] - self._pca_centres[None, :, :]) ** 2).sum(axis=2)
+            labels = np.argmin(distances, axis=1)
         return (labels, np.asarray(embedding)) if return_embedding else labels
 
     # ------------------------------------------------------------ persistence
@@ -304,9 +317,11 @@ class ScllmModel:
                  indices=adjacency.indices, indptr=adjacency.indptr)
         if self._gene_embeddings is not None:
             np.savez(path / "gene_embeddings.npz", **self._gene_embeddings)
+        if self._pca_centres is not None:
+            np.save(path / "pca_centres.npy", self._pca_centres)
         meta = {"format_version": _FORMAT_VERSION, "config": self.config.to_dict(),
                 "n_clusters": self.n_clusters, "text_dim": self._text_dim,
-                "semantic_info": self.semantic_info}
+                "semantic_info": self.semantic_info, "selection": self.selection_}
         (path / "model.json").write_text(json.dumps(meta, indent=2, default=str))
         return path
 
@@ -327,6 +342,9 @@ class ScllmModel:
         model = cls(ScllmConfig.from_dict(saved))
         model.n_clusters, model._text_dim = meta["n_clusters"], meta["text_dim"]
         model.semantic_info = meta.get("semantic_info", {})
+        model.selection_ = meta.get("selection", {"chosen": "head"})
+        if (path / "pca_centres.npy").exists():
+            model._pca_centres = np.load(path / "pca_centres.npy", allow_pickle=False)
         with np.load(path / "preprocessor.npz", allow_pickle=False) as arrays:
             model.preprocessor = Preprocessor.from_arrays(dict(arrays))
         with np.load(path / "reference_graph.npz", allow_pickle=False) as graph:

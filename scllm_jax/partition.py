@@ -21,6 +21,18 @@ both came from (mean silhouette on the principal components) is taken.
 Neither candidate optimises that score, so it arbitrates between them
 rather than favouring one by construction; k-means on the principal
 components is deliberately not a candidate, because it does optimise it.
+
+After training, :func:`final_partition` guards the result against ending
+below its own starting point: the trained head's clusters and k-means on
+the principal components are compared by how many of each cell's nearest
+neighbours share its cluster, and the higher is kept. That count is the
+complement of the kNN-graph cut with no size term: unlike modularity (whose
+null model charges a cluster for its squared volume) and the normalised
+cut, it does not reward cutting a large type into halves, which is how the
+head fails on data where one type holds half of the cells. Each partition
+has a home space whose neighbourhoods it follows more smoothly (the
+principal components for k-means, the clustering space for the head), so
+the count is averaged over the neighbourhoods of both spaces.
 """
 
 from __future__ import annotations
@@ -213,3 +225,98 @@ def initial_partition(latent: np.ndarray, principal_components: np.ndarray, adja
     logger.info("initial partition: %s (silhouette on the principal components: %s)", chosen,
                 ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return InitialPartition(candidates[chosen], chosen, scores, sizes)
+
+
+def neighbourhood_agreement(neighbours: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of (cell, neighbour) pairs whose two cells share a cluster.
+
+    Parameters
+    ----------
+    neighbours
+        ``(cells, k)`` indices of each cell's nearest other cells.
+    labels
+        Cluster of each cell.
+    """
+    labels = np.asarray(labels)
+    return float(np.mean(labels[neighbours] == labels[:, None]))
+
+
+@dataclasses.dataclass
+class FinalChoice:
+    """The partition a fit reports, and how it was chosen.
+
+    Attributes
+    ----------
+    labels
+        Cluster of each cell.
+    chosen
+        ``"head"`` (the trained clustering head) or ``"pca_kmeans"``.
+    scores
+        Neighbourhood agreement of each candidate.
+    centres
+        Cluster means on the principal components when ``"pca_kmeans"`` was
+        chosen (``predict`` assigns new cells to the nearest), else ``None``.
+    """
+
+    labels: np.ndarray
+    chosen: str
+    scores: dict[str, float]
+    centres: np.ndarray | None = None
+
+    def summary(self) -> dict:
+        """Plain values for ``uns['scllm']['selection']``."""
+        return {"chosen": self.chosen, **{f"neighbourhood_agreement_{k}": v for k, v in self.scores.items()}}
+
+
+def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, neighbours: np.ndarray,
+                    embedding: np.ndarray, n_clusters: int, *, method: str, seed: int, n_init: int,
+                    n_neighbors: int, max_cells: int = 100_000) -> FinalChoice:
+    """The trained head's partition, or k-means on the principal components if it agrees better with the neighbourhoods.
+
+    Parameters
+    ----------
+    head_labels
+        The clustering head's hard labels.
+    principal_components
+        The cells' principal components.
+    neighbours
+        ``(cells, k)`` nearest-neighbour indices on the principal components,
+        nearest first; the first ``n_neighbors`` columns are read.
+    embedding
+        The clustering space the head's partition lives in; its own
+        ``n_neighbors`` nearest neighbours are the second half of the score.
+    n_clusters
+        K.
+    method
+        ``"neighbourhood"`` (the candidate of higher mean
+        :func:`neighbourhood_agreement` over the two spaces' neighbourhoods;
+        a tie keeps the head) or ``"head"`` (the head's partition, nothing
+        compared).
+    seed, n_init, max_cells
+        As for :func:`kmeans_labels`.
+    n_neighbors
+        Neighbours per cell the agreement counts.
+    """
+    if method not in ("neighbourhood", "head"):
+        raise ValueError(f"Unknown final selection {method!r}; use 'neighbourhood' or 'head'.")
+    head_labels = np.asarray(head_labels)
+    if method == "head":
+        return FinalChoice(head_labels, "head", {})
+    from .graph import knn_indices
+
+    spaces = {"pca": neighbours[:, :n_neighbors],
+              "embedding": knn_indices(np.asarray(embedding, np.float32), n_neighbors, seed=seed)}
+    pca_labels = kmeans_labels(principal_components, n_clusters, seed=seed, n_init=n_init, max_cells=max_cells)
+    scores = {}
+    for name, labels in (("head", head_labels), ("pca_kmeans", pca_labels)):
+        per_space = {space: neighbourhood_agreement(close, labels) for space, close in spaces.items()}
+        scores.update({f"{name}_on_{space}": value for space, value in per_space.items()})
+        scores[name] = float(np.mean(list(per_space.values())))
+    logger.info("final partition: neighbourhood agreement head %.4f, k-means on the principal components %.4f",
+                scores["head"], scores["pca_kmeans"])
+    if scores["pca_kmeans"] > scores["head"]:
+        centres = np.stack([principal_components[pca_labels == j].mean(axis=0) if np.any(pca_labels == j)
+                            else np.full(principal_components.shape[1], np.inf)
+                            for j in range(n_clusters)])
+        return FinalChoice(pca_labels, "pca_kmeans", scores, centres.astype(np.float32))
+    return FinalChoice(head_labels, "head", scores)

@@ -79,7 +79,9 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
       warning, where the data cannot support K), ``input`` (the
       matrix read, ``"X"`` or a layer name, and its value type), ``loss_history``
       (per phase, per term), ``timings`` (seconds per stage), ``semantic``
-      (knowledge-base match and paths used), ``initialisation`` (the starting
+      (knowledge-base match and paths used), ``selection`` (whether the
+      trained head's clusters or k-means on the principal components were
+      reported, with the neighbourhood agreement of each), ``initialisation`` (the starting
       partition of the head: which candidate was chosen, each candidate's
       silhouette on the principal components and cluster sizes), ``n_epochs``, ``cluster_knowledge``
       (a table per cluster: size, marker genes, the genes whose knowledge lies
@@ -108,6 +110,7 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
         "n_epochs": {"pretrain": result.pretrain_epochs, "cluster": result.cluster_epochs,
                      "stopped_early": result.stopped_early},
         "initialisation": _plain(result.initialisation),
+        "selection": _plain(model.selection_),
         "semantic": _plain(model.semantic_info),
         "cluster_knowledge": model.cluster_knowledge(),
     }

@@ -6,7 +6,8 @@ import scipy.sparse as sp
 
 from scllm_jax.graph import knn_adjacency, knn_indices
 from scllm_jax.n_clusters import leiden_with_n_clusters
-from scllm_jax.partition import initial_partition, merge_by_modularity, modularity, separation
+from scllm_jax.partition import (final_partition, initial_partition, merge_by_modularity, modularity,
+                                 neighbourhood_agreement, separation)
 
 
 def planted_graph(sizes, p_in=0.5, p_out=0.01, seed=0):
@@ -93,3 +94,53 @@ def test_initial_partition_refuses_an_unknown_method():
     with pytest.raises(ValueError, match="Unknown initialisation"):
         initial_partition(pca, pca, knn_adjacency(knn_indices(pca, 5)), 2, method="spectral", seed=0, n_init=1,
                           overcluster_factor=3)
+
+
+def test_neighbourhood_agreement_hand_case():
+    neighbours = np.array([[1, 2], [0, 2], [0, 3], [2, 1]])
+    labels = np.array([0, 0, 1, 1])
+    # Pairs in the same cluster: (0,1), (1,0), (2,3), (3,2) of 8.
+    assert neighbourhood_agreement(neighbours, labels) == pytest.approx(4 / 8)
+
+
+def dominant_type_cells(seed=0):
+    """A wide type of 300 cells and four compact ones of 25, 20, 10 and 8 (60% in one type)."""
+    rng = np.random.default_rng(seed)
+    sizes, spreads = [300, 25, 20, 10, 8], [1.5, 0.4, 0.4, 0.4, 0.4]
+    centres = np.array([[0, 0], [14, 0], [0, 14], [14, 14], [-14, 14]], dtype=float)
+    cells = np.vstack([rng.normal(c, s, (n, 2)) for c, n, s in zip(centres, sizes, spreads)])
+    truth = np.repeat(np.arange(5), sizes)
+    return np.hstack([cells, rng.normal(0, 0.05, (cells.shape[0], 3))]), truth
+
+
+def test_final_partition_replaces_a_head_that_halves_the_dominant_type():
+    cells, truth = dominant_type_cells()
+    neighbours = knn_indices(cells, 15)
+    # The head's failure: the large type cut in two, two small types merged to keep K.
+    head = truth.copy()
+    head[(truth == 0) & (cells[:, 0] > 0)] = 4
+    head[truth == 4] = 3
+    choice = final_partition(head, cells, neighbours, cells, 5, method="neighbourhood", seed=0, n_init=10,
+                             n_neighbors=10)
+    assert choice.chosen == "pca_kmeans"
+    assert choice.scores["pca_kmeans"] > choice.scores["head"]
+    assert choice.centres.shape == (5, cells.shape[1])
+    # The k-means partition keeps the large type whole.
+    assert np.unique(choice.labels[truth == 0]).size == 1
+
+
+def test_final_partition_keeps_a_head_that_follows_the_density():
+    # Two long parallel stripes: k-means with K = 2 cuts across them, the head follows them.
+    rng = np.random.default_rng(1)
+    stripes = np.vstack([np.column_stack([rng.uniform(0, 40, 200), rng.normal(y, 0.3, 200)]) for y in (0, 4)])
+    head = np.repeat([0, 1], 200)
+    choice = final_partition(head, stripes, knn_indices(stripes, 15), stripes, 2, method="neighbourhood", seed=0,
+                             n_init=10, n_neighbors=10)
+    assert choice.chosen == "head"
+    assert choice.centres is None
+    np.testing.assert_array_equal(choice.labels, head)
+    assert final_partition(head, stripes, knn_indices(stripes, 15), stripes, 2, method="head", seed=0, n_init=1,
+                           n_neighbors=10).chosen == "head"
+    with pytest.raises(ValueError, match="final selection"):
+        final_partition(head, stripes, knn_indices(stripes, 15), stripes, 2, method="best", seed=0, n_init=1,
+                        n_neighbors=10)
