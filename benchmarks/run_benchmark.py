@@ -233,7 +233,8 @@ def run_fit(job: dict) -> dict:
     row = {"dataset": job["dataset"], "method": job["method"], "seed": job["seed"], "n_cells": n_cells,
            "n_genes": n_genes, "K": n_clusters, "clusters_found": int(len(set(labels))), **scores,
            "fit_seconds": seconds, "seconds_per_epoch": "",
-           "n_epochs": "", "peak_memory_gb": peak_gb, "semantic_used": "", "genes_matched_fraction": ""}
+           "n_epochs": "", "peak_memory_gb": peak_gb, "semantic_used": "", "genes_matched_fraction": "",
+           "selected": "", "head_ARI": "", "start": ""}
     row.update({k: v for k, v in extra.items() if k in COLUMNS})
     messages = sorted({str(w.message).split("\n")[0][:160] for w in caught})
     return {"row": row, "note": extra.get("note", ""), "warnings": messages}
@@ -401,6 +402,9 @@ def summarise(rows: list[dict]):
     import pandas as pd
 
     frame = pd.DataFrame(rows)
+    for column in COLUMNS:  # rows of older TSVs lack the newer columns
+        if column not in frame:
+            frame[column] = ""
     for column in (c for c in COLUMNS if c not in TEXT_COLUMNS):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     grouped = frame.groupby(["dataset", "method"], sort=False)

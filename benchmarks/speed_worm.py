@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Wall-clock of the whole ``scllm-jax cluster`` command on worm_neuron (4,186 cells x 13,488 genes).
+"""Wall-clock of the whole ``scllm-jax cluster`` command on worm_neuron (4,186 cells x 13,488 genes), or of ``scllm-jax demo``.
 
 Times ``scllm-jax cluster ../shared/data/worm_neuron.h5ad --out /tmp/x.h5ad --n-clusters 10 --quiet``
 end to end (interpreter start, imports, load, preprocess, graph, training, clustering,
@@ -8,10 +8,15 @@ writing) ``--repeats`` times with the environment as it is, then as many times w
 user + system CPU seconds and peak resident memory (from ``os.wait4``, so per run)
 are appended to ``benchmarks/results/speed.tsv``.
 
+With ``--demo`` it times ``scllm-jax demo --out SCRATCH`` instead (the bundled pancreas
+data, the full default method), each run with ``SCLLM_JAX_CACHE`` pointing at a new empty
+folder, as on a fresh install.
+
 Example
 -------
     python benchmarks/speed_worm.py                 # 3 + 3 runs
     python benchmarks/speed_worm.py --repeats 1 --no-single-thread
+    python benchmarks/speed_worm.py --demo --no-single-thread
 """
 
 from __future__ import annotations
@@ -86,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-thread", action=argparse.BooleanOptionalAction, default=True,
                         help="also time with OPENBLAS_NUM_THREADS=1 (default on)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"TSV to append to (default {DEFAULT_OUT})")
+    parser.add_argument("--demo", action="store_true",
+                        help="time `scllm-jax demo` with an empty language-model cache instead")
     args = parser.parse_args(argv)
-    if not args.input.exists():
+    if args.demo:
+        args.input, args.n_clusters = Path("bundled:baron_mouse1"), 13
+    elif not args.input.exists():
         parser.error(f"no such input file: {args.input}")
 
     settings = [("as is", {})]
@@ -103,21 +112,27 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
         if new:
             writer.writeheader()
-        command = scllm_command() + ["cluster", str(args.input), "--out", str(Path(scratch) / "x.h5ad"),
-                                     "--n-clusters", str(args.n_clusters), "--quiet"]
+        if args.demo:
+            command = scllm_command() + ["demo", "--out", str(Path(scratch) / "demo")]
+        else:
+            command = scllm_command() + ["cluster", str(args.input), "--out", str(Path(scratch) / "x.h5ad"),
+                                         "--n-clusters", str(args.n_clusters), "--quiet"]
         shown = " ".join(Path(command[0]).name if i == 0 else c for i, c in enumerate(command))
         print(f"timing: {shown}", flush=True)
         for setting, extra in settings:
-            env = {**os.environ, **extra}
             walls = []
             for run in range(1, args.repeats + 1):
+                env = {**os.environ, **extra}
+                if args.demo:  # a fresh install: nothing cached
+                    env["SCLLM_JAX_CACHE"] = tempfile.mkdtemp(dir=scratch, prefix="cache")
                 result = time_once(command, env)
                 if result["exit_code"] != 0:
                     print(result["output"][-3000:], file=sys.stderr)
                 print(f"  [{setting}] run {run}/{args.repeats}: {result['wall_seconds']:.1f} s wall, "
                       f"{result['cpu_seconds']:.1f} s CPU, peak {result['peak_memory_gb']:.2f} GB, "
                       f"exit {result['exit_code']}", flush=True)
-                writer.writerow({**common, "setting": setting, "run": run, "command": shown,
+                label = f"{setting}, empty cache" if args.demo else setting
+                writer.writerow({**common, "setting": label, "run": run, "command": shown,
                                  **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()
                                     if k in COLUMNS}})
                 handle.flush()

@@ -71,7 +71,7 @@ def test_path2_is_skipped_above_the_cpu_limit_and_says_how_long_it_would_take():
 
     if default_device() != "cpu":
         pytest.skip("a GPU is visible: path 2 is never skipped there")
-    config = ScllmConfig(path2_max_cpu_cells=100)
+    config = ScllmConfig(use_path2=True, path2_max_cpu_cells=100)
     assert decide_paths(config, 100) == (["path1", "path2"], None)
     paths, reason = decide_paths(config, 90_000)
     assert paths == ["path1"] and "100 min" in reason and "path2_max_cpu_cells" in reason
