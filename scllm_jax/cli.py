@@ -38,6 +38,8 @@ def _config(args):
     values["seed"] = args.seed
     if getattr(args, "graph_only", False):
         values["use_semantic"] = False
+    if getattr(args, "semantic", False):
+        values["use_semantic"] = True
     if getattr(args, "checkpoint_dir", None):
         values["checkpoint_dir"] = args.checkpoint_dir
     if getattr(args, "restart", False):
@@ -187,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--config", help="JSON file of ScllmConfig fields to override")
-        p.add_argument("--graph-only", action="store_true", help="switch the semantic view off")
+        view = p.add_mutually_exclusive_group()
+        view.add_argument("--semantic", action="store_true",
+                          help="switch the knowledge-driven semantic view on (needs gene symbols; off by default)")
+        view.add_argument("--graph-only", action="store_true",
+                          help="the semantic view off (the default; overrides use_semantic in --config)")
         p.add_argument("--checkpoint-dir", default=None,
                        help="save training checkpoints here; a run of the same data and settings resumes from them")
         p.add_argument("--restart", action="store_true",

@@ -11,7 +11,7 @@ from scllm_jax.semantic import build_semantic_view
 from scllm_jax.synthetic import go_programmes, synthetic_atlas
 
 #: Path 1 only: with the shipped gene vectors no language model runs.
-PATH1 = ScllmConfig.tiny(use_path2=False, n_top_genes=300)
+PATH1 = ScllmConfig.tiny(use_semantic=True, use_path2=False, n_top_genes=300)
 
 
 def test_permuted_symbols_keep_expression_and_scramble_knowledge(baron_small):
@@ -38,7 +38,7 @@ def test_knowledge_view_finds_go_programmes_and_loses_them_when_symbols_are_perm
     # find, strong enough for pooling by knowledge (the expression PCA scores 0.85 here).
     atlas = synthetic_atlas(600, 1500, 6, seed=1, markers_per_type=30, programmes="go")
     labels = atlas.obs["cell_type"].to_numpy()
-    config = ScllmConfig(use_path2=False)  # the default path 1: standardised weights, whitened genes
+    config = ScllmConfig(use_semantic=True)  # the default path 1: standardised weights, whitened genes
 
     def text_ari(adata) -> float:
         _, prepared = Preprocessor.fit(adata, config)

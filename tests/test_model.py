@@ -81,7 +81,7 @@ def test_quality_floor_on_cellbench():
 def test_full_method_with_language_model(baron_small, tmp_path, monkeypatch):
     monkeypatch.setenv("SCLLM_JAX_CACHE", str(tmp_path / "cache"))
     # Both text paths: path 2 runs the real language model over every cell's sentence.
-    config = ScllmConfig.tiny(n_top_genes=150, sentence_genes=20, use_path2=True)
+    config = ScllmConfig.tiny(n_top_genes=150, sentence_genes=20, use_semantic=True, use_path2=True)
     adata, model = sj.tl.cluster(baron_small, 4, config=config, copy=True, progress=False, return_model=True)
     semantic = adata.uns["scllm"]["semantic"]
     assert semantic["used"] and semantic["fraction_matched"] > 0.6

@@ -14,7 +14,7 @@ from scllm_jax.synthetic import synthetic_atlas
 from scllm_jax.validation import InputError
 
 #: Path 1 only: with the shipped gene vectors no language model runs.
-PATH1 = ScllmConfig.tiny(use_path2=False, n_top_genes=300)
+PATH1 = ScllmConfig.tiny(use_semantic=True, use_path2=False, n_top_genes=300)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_path2_is_skipped_above_the_cpu_limit_and_says_how_long_it_would_take():
 
     if default_device() != "cpu":
         pytest.skip("a GPU is visible: path 2 is never skipped there")
-    config = ScllmConfig(use_path2=True, path2_max_cpu_cells=100)
+    config = ScllmConfig(use_semantic=True, use_path2=True, path2_max_cpu_cells=100)
     assert decide_paths(config, 100) == (["path1", "path2"], None)
     paths, reason = decide_paths(config, 90_000)
     assert paths == ["path1"] and "100 min" in reason and "path2_max_cpu_cells" in reason
@@ -105,7 +105,7 @@ def test_model_saved_before_path1_settings_predicts_with_the_papers_pooling(baro
 
     import scllm_jax as sj
 
-    config = ScllmConfig.tiny(use_path2=False, path1_weights="log", gene_postprocess="none",
+    config = ScllmConfig.tiny(use_semantic=True, use_path2=False, path1_weights="log", gene_postprocess="none",
                               pretrain_epochs=5, cluster_epochs=5)
     model = sj.ScllmModel(config).fit(baron_small, 4, progress=False)
     model.save(tmp_path / "model")

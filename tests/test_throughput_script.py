@@ -20,7 +20,7 @@ def test_throughput_row_records_path2_cells_per_second(baron_small, tmp_path):
         throughput = importlib.import_module("embedding_throughput")
     finally:
         sys.path.remove(str(BENCHMARKS))
-    config = ScllmConfig.tiny(n_top_genes=200, sentence_genes=20)
+    config = ScllmConfig.tiny(n_top_genes=200, sentence_genes=20, use_semantic=True, use_path2=True)
     row = throughput.measure(baron_small[:24].copy(), "pancreas_24", config, short_genes=5)
     assert set(row) == set(throughput.COLUMNS)
     assert row["n_cells"] == 24 and row["sentence_genes"] == 20 and row["path2_short_genes"] == 5
