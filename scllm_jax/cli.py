@@ -69,13 +69,13 @@ def _print_knowledge(adata, key: str) -> None:
     if "summary" in semantic:
         print(f"knowledge base: {semantic['summary']}")
     if not semantic.get("used", False):
-        print(f"semantic view: off ({semantic.get('reason', 'not requested')})")
+        print(f"semantic view: off ({semantic.get('reason', 'not requested')}; --semantic turns it on)")
     table = adata.uns[key].get("cluster_knowledge")
     if table is not None:
         for row in table.itertuples():
             note = getattr(row, "knowledge_note", "")
-            print(f"  cluster {row.cluster}: markers {row.markers} | knowledge: {row.knowledge_terms}"
-                  + (f" | {note}" if note else ""))
+            knowledge = f" | knowledge: {row.knowledge_terms}" if row.knowledge_terms else ""
+            print(f"  cluster {row.cluster}: markers {row.markers}{knowledge}" + (f" | {note}" if note else ""))
 
 
 def _write_plots(adata, key: str, label_key: str | None, folder: Path) -> list[Path]:
