@@ -179,9 +179,10 @@ def test_permuted_symbols_control_fits_on_permuted_names(rb, data_dir, monkeypat
 
     adata = ad.read_h5ad(data_dir / "pancreas_small.h5ad")
     truth = adata.obs.pop("cell_type")
-    # The control's own overrides are none (the full model); a short path-1 run keeps the test fast.
+    # The control's own override turns the semantic view on; a short path-1 run keeps the test fast.
+    assert rb.SCLLM_METHODS["scllm_permuted_symbols"] == {"use_semantic": True}
     monkeypatch.setitem(rb.SCLLM_METHODS, "scllm_permuted_symbols",
-                        {"use_path2": False, "pretrain_epochs": 10, "cluster_epochs": 10})
+                        {"use_semantic": True, "pretrain_epochs": 10, "cluster_epochs": 10})
     labels, extra = rb._fit_scllm(adata, "scllm_permuted_symbols", 0, n_clusters=int(truth.nunique()))
     assert extra["semantic_used"] is True and len(labels) == adata.n_obs
     assert "scllm" not in adata.obs  # the fit ran on a permuted copy, not on the caller's data
