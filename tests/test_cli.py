@@ -128,7 +128,10 @@ def test_restart_without_a_checkpoint_folder_is_refused(cells_file, tmp_path, ca
 def test_ctrl_c_prints_one_line_writes_nothing_and_keeps_the_checkpoint(cells_file, tmp_path):
     checkpoints, out = tmp_path / "checkpoints", tmp_path / "out.h5ad"
     config = config_file(ScllmConfig.tiny(pretrain_epochs=5000, checkpoint_every=20), tmp_path)
-    command = [sys.executable, "-c", "import sys; from scllm_jax.cli import main; sys.exit(main())", "cluster",
+    # A terminal's Ctrl-C: SIGINT handled as Python does by default, even when this suite runs in a background
+    # job (whose children start with SIGINT ignored).
+    command = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "from scllm_jax.cli import main; sys.exit(main())", "cluster",
                str(cells_file), "--out", str(out), "--n-clusters", "3", "--graph-only", "--quiet",
                "--config", str(config), "--checkpoint-dir", str(checkpoints)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
