@@ -91,9 +91,9 @@ class ScllmConfig:
     use_semantic
         Use the knowledge-driven semantic view (needs gene symbols). Off by
         default: on the benchmark's data sets with gene symbols it did not
-        raise the clusters' agreement with the cell types (baron 0.631 with
-        it, 0.660 without; cellbench 0.969 and 0.971), and the gene-symbol
-        permutation control scored as well as the true symbols
+        raise the clusters' agreement with the cell types (baron 0.765 with
+        and without it; cellbench 0.969 with, 0.971 without), and the
+        gene-symbol permutation control scored as well as the true symbols
         (``docs/METHOD_NOTES.md``).
     use_path1, use_path2
         Which cell text embeddings make up the semantic view. Path 2
