@@ -265,6 +265,13 @@ class ScllmModel:
         """
         self._require_fitted()
         prepared = self.preprocessor.transform(adata, layer=layer)
+        nearest_pca_centre = None
+        if self._pca_centres is not None:
+            # The fit reported k-means on the principal components: new cells go to the nearest of its centres.
+            distances = ((prepared.pca[:, None, :] - self._pca_centres[None, :, :]) ** 2).sum(axis=2)
+            nearest_pca_centre = np.argmin(distances, axis=1)
+            if not return_embedding:  # the network is not needed for these labels
+                return nearest_pca_centre
         text = None
         if self._text_dim is not None:
             from .semantic import cell_view_from_gene_embeddings
@@ -296,11 +303,7 @@ class ScllmModel:
         _, embedding = self._embed(self._params, data)
         embedding = embedding[n_reference:n_reference + n_new]
         assignment = student_t_assign(embedding, self._params["centres"][...], self.config.alpha)
-        labels = np.asarray(jnp.argmax(assignment, axis=1))
-        if self._pca_centres is not None:
-            # The fit reported k-means on the principal components: new cells go to the nearest of its centres.
-            distances = ((prepared.pca[:, None, :] - self._pca_centres[None, :, :]) ** 2).sum(axis=2)
-            labels = np.argmin(distances, axis=1)
+        labels = np.asarray(jnp.argmax(assignment, axis=1)) if nearest_pca_centre is None else nearest_pca_centre
         return (labels, np.asarray(embedding)) if return_embedding else labels
 
     # ------------------------------------------------------------ persistence

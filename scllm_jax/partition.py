@@ -43,6 +43,8 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from .config import FINAL_SELECTIONS, INITIALISATIONS
+
 logger = logging.getLogger(__name__)
 
 #: Silhouettes are computed on at most this many cells (a seeded random subset above it).
@@ -66,6 +68,14 @@ def kmeans_labels(embedding: np.ndarray, n_clusters: int, *, seed: int, n_init: 
         fit_rows = embedding[np.sort(rows)]
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(fit_rows)
     return kmeans.predict(embedding).astype(np.int64)
+
+
+def cluster_means(embedding: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Mean embedding of each cluster ``0..n_clusters-1`` (zeros for an empty one): the centres of a partition."""
+    counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
+    sums = np.zeros((n_clusters, embedding.shape[1]))
+    np.add.at(sums, labels, embedding)
+    return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 
 def modularity(adjacency: sp.spmatrix, labels: np.ndarray, resolution: float = 1.0) -> float:
@@ -204,9 +214,8 @@ def initial_partition(latent: np.ndarray, principal_components: np.ndarray, adja
     overcluster_factor
         The graph-merged candidate starts from this many times K k-means clusters.
     """
-    if method not in ("select", "latent_kmeans", "graph_merged", "graph_leiden"):
-        raise ValueError(f"Unknown initialisation {method!r}; use 'select', 'latent_kmeans', 'graph_merged' "
-                         "or 'graph_leiden'.")
+    if method not in INITIALISATIONS:
+        raise ValueError(f"Unknown initialisation {method!r}; use one of {INITIALISATIONS}.")
     candidates: dict[str, np.ndarray] = {}
     if method == "graph_leiden":
         from .n_clusters import leiden_with_n_clusters
@@ -297,8 +306,8 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     n_neighbors
         Neighbours per cell the agreement counts.
     """
-    if method not in ("neighbourhood", "head"):
-        raise ValueError(f"Unknown final selection {method!r}; use 'neighbourhood' or 'head'.")
+    if method not in FINAL_SELECTIONS:
+        raise ValueError(f"Unknown final selection {method!r}; use one of {FINAL_SELECTIONS}.")
     head_labels = np.asarray(head_labels)
     if method == "head":
         return FinalChoice(head_labels, "head", {})
@@ -315,8 +324,7 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     logger.info("final partition: neighbourhood agreement head %.4f, k-means on the principal components %.4f",
                 scores["head"], scores["pca_kmeans"])
     if scores["pca_kmeans"] > scores["head"]:
-        centres = np.stack([principal_components[pca_labels == j].mean(axis=0) if np.any(pca_labels == j)
-                            else np.full(principal_components.shape[1], np.inf)
-                            for j in range(n_clusters)])
-        return FinalChoice(pca_labels, "pca_kmeans", scores, centres.astype(np.float32))
+        centres = cluster_means(principal_components, pca_labels, n_clusters)
+        centres[np.bincount(pca_labels, minlength=n_clusters) == 0] = np.inf  # an empty cluster takes no new cell
+        return FinalChoice(pca_labels, "pca_kmeans", scores, centres)
     return FinalChoice(head_labels, "head", scores)

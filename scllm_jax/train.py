@@ -21,7 +21,7 @@ from .graph import propagate
 from .losses import ncut_loss, reconstruction_loss
 from .modules import ScllmNetwork
 from .objective import alignment_term, clustering_term, total_loss
-from .partition import InitialPartition, kmeans_labels
+from .partition import InitialPartition, cluster_means, kmeans_labels
 
 logger = logging.getLogger(__name__)
 
@@ -178,14 +178,6 @@ def _record(history: dict[str, list], terms: dict[str, jax.Array], config: Scllm
     values["total"] = total_loss(terms, config)
     for name, value in values.items():
         history.setdefault(name, []).append(value if lazy else float(value))
-
-
-def cluster_means(embedding: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Mean embedding of each cluster ``0..n_clusters-1`` (the Student-t centres of a partition)."""
-    counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
-    sums = np.zeros((n_clusters, embedding.shape[1]))
-    np.add.at(sums, labels, embedding)
-    return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 
 def _latent_kmeans(embedding: np.ndarray, n_clusters: int, config: ScllmConfig) -> InitialPartition:
