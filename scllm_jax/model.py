@@ -73,7 +73,7 @@ class ScllmModel:
         self._reference_adjacency = None
         self.prepared_: PreparedData | None = None
         self.cell_text_: np.ndarray | None = None
-        # How the reported partition was chosen; centres on the principal components when k-means there won.
+        # How the reported partition was chosen; centres on the principal components when the reference won.
         self.selection_: dict = {"chosen": "head"}
         self._pca_centres: np.ndarray | None = None
 
@@ -150,7 +150,8 @@ class ScllmModel:
         start_selection = time.perf_counter()
         choice = final_partition(self.result.labels, prepared.pca, indices, self.result.embedding, self.n_clusters,
                                  method=config.final_selection, seed=config.seed, n_init=config.kmeans_n_init,
-                                 n_neighbors=config.selection_neighbors, max_cells=config.kmeans_max_cells)
+                                 n_neighbors=config.selection_neighbors, reference=config.reference_clustering,
+                                 max_cells=config.kmeans_max_cells)
         self.timings["selection"] = time.perf_counter() - start_selection
         self.result.labels, self.selection_, self._pca_centres = choice.labels, choice.summary(), choice.centres
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
@@ -267,7 +268,7 @@ class ScllmModel:
         prepared = self.preprocessor.transform(adata, layer=layer)
         nearest_pca_centre = None
         if self._pca_centres is not None:
-            # The fit reported k-means on the principal components: new cells go to the nearest of its centres.
+            # The fit reported the reference clustering of the principal components: new cells go to its nearest centre.
             distances = ((prepared.pca[:, None, :] - self._pca_centres[None, :, :]) ** 2).sum(axis=2)
             nearest_pca_centre = np.argmin(distances, axis=1)
             if not return_embedding:  # the network is not needed for these labels

@@ -80,8 +80,8 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
       matrix read, ``"X"`` or a layer name, and its value type), ``loss_history``
       (per phase, per term), ``timings`` (seconds per stage), ``semantic``
       (knowledge-base match and paths used), ``selection`` (whether the
-      trained head's clusters or k-means on the principal components were
-      reported, with the neighbourhood agreement of each), ``initialisation`` (the starting
+      trained head's clusters or the reference clustering of the principal
+      components were reported, with the neighbourhood agreement of each), ``initialisation`` (the starting
       partition of the head: which candidate was chosen, each candidate's
       silhouette on the principal components and cluster sizes), ``n_epochs``, ``cluster_knowledge``
       (a table per cluster: size, marker genes, the genes whose knowledge lies

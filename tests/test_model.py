@@ -31,8 +31,8 @@ def test_cluster_writes_scanpy_style_fields(baron_small):
 
 
 def test_quality_floor_on_bundled_pancreas(baron_small, tmp_path):
-    """The trained head separates four common types; the reported partition (the head's, or k-means on the
-    principal components where that agrees better with the neighbourhoods) stays near k-means."""
+    """The trained head separates four common types; the reported partition (the head's, or Ward's clustering
+    of the principal components where that agrees better with the neighbourhoods) stays near k-means."""
     adata, model = sj.tl.cluster(baron_small, 4, config=GRAPH_ONLY, copy=True, progress=False, return_model=True)
     head = cluster_metrics(adata.obs["cell_type"], adata.obsm["scllm_soft"].argmax(axis=1))
     assert head["ARI"] > 0.8, head
@@ -43,11 +43,11 @@ def test_quality_floor_on_bundled_pancreas(baron_small, tmp_path):
     optimum = KMeans(4, n_init=100, random_state=0).fit_predict(model.prepared_.pca)
     reported = cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"]
     assert reported >= cluster_metrics(adata.obs["cell_type"], optimum)["ARI"] - 0.02
-    # Here k-means won the final selection: a saved model assigns cells to its centres on the PCA.
-    assert adata.uns["scllm"]["selection"]["chosen"] == "pca_kmeans"
+    # Here the reference clustering won the final selection: a saved model assigns cells to its centres on the PCA.
+    assert adata.uns["scllm"]["selection"]["chosen"] == "pca_ward"
     model.save(tmp_path / "model")
     loaded = sj.ScllmModel.load(tmp_path / "model")
-    assert loaded.selection_["chosen"] == "pca_kmeans"
+    assert loaded.selection_["chosen"] == "pca_ward"
     assert np.mean(loaded.predict(baron_small) == model.labels_) >= 0.97
 
 

@@ -6,8 +6,10 @@ import scipy.sparse as sp
 
 from scllm_jax.graph import knn_adjacency, knn_indices
 from scllm_jax.n_clusters import leiden_with_n_clusters
+from sklearn.metrics import adjusted_rand_score
+
 from scllm_jax.partition import (final_partition, initial_partition, merge_by_modularity, modularity,
-                                 neighbourhood_agreement, separation)
+                                 neighbourhood_agreement, separation, ward_labels, weighted_ward)
 
 
 def planted_graph(sizes, p_in=0.5, p_out=0.01, seed=0):
@@ -113,7 +115,8 @@ def dominant_type_cells(seed=0):
     return np.hstack([cells, rng.normal(0, 0.05, (cells.shape[0], 3))]), truth
 
 
-def test_final_partition_replaces_a_head_that_halves_the_dominant_type():
+@pytest.mark.parametrize("reference", ["ward", "kmeans"])
+def test_final_partition_replaces_a_head_that_halves_the_dominant_type(reference):
     cells, truth = dominant_type_cells()
     neighbours = knn_indices(cells, 15)
     # The head's failure: the large type cut in two, two small types merged to keep K.
@@ -121,11 +124,11 @@ def test_final_partition_replaces_a_head_that_halves_the_dominant_type():
     head[(truth == 0) & (cells[:, 0] > 0)] = 4
     head[truth == 4] = 3
     choice = final_partition(head, cells, neighbours, cells, 5, method="neighbourhood", seed=0, n_init=10,
-                             n_neighbors=10)
-    assert choice.chosen == "pca_kmeans"
-    assert choice.scores["pca_kmeans"] > choice.scores["head"]
+                             n_neighbors=10, reference=reference)
+    assert choice.chosen == f"pca_{reference}"
+    assert choice.scores[f"pca_{reference}"] > choice.scores["head"]
     assert choice.centres.shape == (5, cells.shape[1])
-    # The k-means partition keeps the large type whole.
+    # The reference partition keeps the large type whole.
     assert np.unique(choice.labels[truth == 0]).size == 1
 
 
@@ -144,3 +147,39 @@ def test_final_partition_keeps_a_head_that_follows_the_density():
     with pytest.raises(ValueError, match="final selection"):
         final_partition(head, stripes, knn_indices(stripes, 15), stripes, 2, method="best", seed=0, n_init=1,
                         n_neighbors=10)
+
+
+def test_weighted_ward_with_unit_weights_is_wards_linkage():
+    from scipy.cluster.hierarchy import cut_tree, linkage
+
+    points = np.random.default_rng(3).normal(size=(60, 4))
+    for k in (2, 5, 9):
+        ours = weighted_ward(points, np.ones(60), k)
+        theirs = cut_tree(linkage(points, method="ward"), n_clusters=k).ravel()
+        assert adjusted_rand_score(theirs, ours) == pytest.approx(1.0)
+
+
+def test_weighted_ward_merges_by_the_size_weighted_cost():
+    # Points at 0, 1 and 3 on a line. Unit weights: cost(0,1) = 1/2 * 1 < cost(1,3) = 1/2 * 4, so 0 and 1 merge.
+    line = np.array([[0.0], [1.0], [3.0]])
+    assert list(weighted_ward(line, np.ones(3), 2)) == [0, 0, 1]
+    # Weights 100, 10, 1: cost(0,1) = 1000/110 = 9.09, cost(1,3) = 10/11 * 4 = 3.64,
+    # cost(0,3) = 100/101 * 9 = 8.91: now 1 and 3 merge, though they lie farther apart.
+    assert list(weighted_ward(line, np.array([100.0, 10.0, 1.0]), 2)) == [0, 1, 1]
+    with pytest.raises(ValueError, match="n_clusters"):
+        weighted_ward(line, np.ones(3), 4)
+
+
+def test_ward_keeps_the_dominant_type_whole_where_kmeans_cuts_it():
+    cells, truth = dominant_type_cells()
+    ward = ward_labels(cells, 5, seed=0)
+    assert adjusted_rand_score(truth, ward) == pytest.approx(1.0)
+    assert ward.dtype == np.int64 and set(ward) == set(range(5))
+
+
+def test_ward_on_micro_clusters_above_the_exact_limit():
+    cells, truth = dominant_type_cells()
+    exact = ward_labels(cells, 5, seed=0)
+    micro = ward_labels(cells, 5, seed=0, max_cells=100, micro_clusters=60)
+    assert adjusted_rand_score(exact, micro) > 0.95
+    assert adjusted_rand_score(truth, micro) > 0.95
