@@ -50,7 +50,7 @@ def test_plan_runs_semantic_ablations_only_with_gene_symbols(rb, data_dir, tmp_p
     jobs, skipped = rb.plan(data_dir, None, list(rb.ALL_METHODS), [0, 1], ablations=True)
     assert len(jobs) == len(rb.ALL_METHODS) * 2 and not skipped
     jobs, _ = rb.plan(data_dir, None, list(rb.ALL_METHODS), [0], ablations=False)
-    assert {j["method"] for j in jobs} == {"scllm_full", "scllm_paper", "scllm_auto_k", "leiden_r1", "kmeans"}
+    assert {j["method"] for j in jobs} == {"scllm_full", "scllm_paper", "scllm_auto_k", "leiden_r1", "kmeans", "ward"}
     no_symbols = tmp_path / "no_symbols"
     no_symbols.mkdir()
     small = baron[:50].copy()
@@ -59,13 +59,13 @@ def test_plan_runs_semantic_ablations_only_with_gene_symbols(rb, data_dir, tmp_p
     jobs, skipped = rb.plan(no_symbols, None, list(rb.ALL_METHODS), [0], ablations=True)
     # The structural ablation does not need gene symbols; the semantic ones are skipped, each said.
     assert {j["method"] for j in jobs} == {"scllm_full", "scllm_paper", "scllm_auto_k", "leiden_r1", "kmeans",
-                                           *rb.STRUCTURAL_ABLATIONS}
+                                           "ward", *rb.STRUCTURAL_ABLATIONS}
     assert len(skipped) == len(rb.ABLATIONS)
     with pytest.raises(SystemExit, match="Unknown datasets"):
         rb.plan(data_dir, ["nope"], ["kmeans"], [0], ablations=True)
 
 
-@pytest.mark.parametrize("method", ["kmeans", "leiden_r1"])
+@pytest.mark.parametrize("method", ["kmeans", "leiden_r1", "ward"])
 def test_baseline_fit_scores_a_real_dataset(rb, data_dir, method):
     result = rb.run_fit({"dataset": "pancreas_small", "path": str(data_dir / "pancreas_small.h5ad"),
                          "method": method, "seed": 0})
