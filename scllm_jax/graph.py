@@ -115,6 +115,31 @@ def knn_graph(features: np.ndarray, n_neighbors: int = 15, *, exact_max_cells: i
     return graph_from_adjacency(normalized_adjacency(indices), features)
 
 
+def nearest_reference_cells(reference: np.ndarray, features: np.ndarray, k: int, *,
+                            exact_max_cells: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of each row of ``features``'s ``k`` nearest rows of ``reference``, nearest first.
+
+    Exact up to ``exact_max_cells`` reference rows, pynndescent (seeded) above.
+    """
+    reference = np.asarray(reference, dtype=np.float32)
+    features = np.asarray(features, dtype=np.float32)
+    if reference.shape[0] <= exact_max_cells:
+        from sklearn.neighbors import NearestNeighbors
+
+        return NearestNeighbors(n_neighbors=k, algorithm="brute").fit(reference).kneighbors(features)
+    from pynndescent import NNDescent
+
+    index = NNDescent(reference, n_neighbors=max(k, 15), metric="euclidean", random_state=seed, low_memory=True)
+    indices, distances = index.query(features, k=k)
+    return distances, indices
+
+
+def coincides(distances: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Whether each row's nearest reference row is the same point, up to rounding (``distances`` nearest first)."""
+    scale = float(np.sqrt(np.mean(np.asarray(reference, dtype=np.float64) ** 2))) or 1.0
+    return distances[:, 0] <= 1e-4 * scale
+
+
 def attach_cells(adjacency: sp.csr_matrix, reference: np.ndarray, features: np.ndarray, n_neighbors: int, *,
                  exact_max_cells: int = 50_000, seed: int = 0) -> sp.csr_matrix:
     """The training graph with new cells added as nodes that read from it, and from nothing else.
@@ -156,18 +181,9 @@ def attach_cells(adjacency: sp.csr_matrix, reference: np.ndarray, features: np.n
     features = np.asarray(features, dtype=np.float32)
     n_ref, n_new = reference.shape[0], features.shape[0]
     k = neighbour_count(n_ref, n_neighbors)
-    if n_ref <= exact_max_cells:
-        from sklearn.neighbors import NearestNeighbors
-
-        distances, indices = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(reference).kneighbors(features)
-    else:
-        from pynndescent import NNDescent
-
-        index = NNDescent(reference, n_neighbors=max(k, 15), metric="euclidean", random_state=seed, low_memory=True)
-        indices, distances = index.query(features, k=k)
+    distances, indices = nearest_reference_cells(reference, features, k, exact_max_cells=exact_max_cells, seed=seed)
     self_weight = adjacency.diagonal()  # 1 / degree of each training cell
-    scale = float(np.sqrt(np.mean(reference.astype(np.float64) ** 2))) or 1.0
-    twin = distances[:, 0] <= 1e-4 * scale
+    twin = coincides(distances, reference)
     rows, cols, weights = [], [], []
     # Cells of their own: the k nearest training cells and a self-loop, degree k + 1.
     own = np.flatnonzero(~twin)

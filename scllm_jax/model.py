@@ -24,7 +24,7 @@ from .assignment import student_t_assign
 from .config import ScllmConfig
 from .graph import attach_cells, graph_from_adjacency, knn_adjacency, knn_indices, normalized_adjacency
 from .n_clusters import estimate_n_clusters
-from .partition import InitialPartition, final_partition, initial_partition
+from .partition import InitialPartition, assign_by_neighbours, final_partition, initial_partition
 from .preprocess import PreparedData, Preprocessor
 from .train import FitResult, build_network, fit_network, make_embed, training_data, use_minibatch
 from .validation import InputError, check_cluster_support, check_n_clusters, count_clusters
@@ -73,9 +73,9 @@ class ScllmModel:
         self._reference_adjacency = None
         self.prepared_: PreparedData | None = None
         self.cell_text_: np.ndarray | None = None
-        # How the reported partition was chosen; centres on the principal components when the reference won.
+        # How the reported partition was chosen; the training cells' clusters when the reference won.
         self.selection_: dict = {"chosen": "head"}
-        self._pca_centres: np.ndarray | None = None
+        self._reference_labels: np.ndarray | None = None
 
     # ------------------------------------------------------------------ fitting
     def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
@@ -153,7 +153,8 @@ class ScllmModel:
                                  n_neighbors=config.selection_neighbors, reference=config.reference_clustering,
                                  max_cells=config.kmeans_max_cells)
         self.timings["selection"] = time.perf_counter() - start_selection
-        self.result.labels, self.selection_, self._pca_centres = choice.labels, choice.summary(), choice.centres
+        self.result.labels, self.selection_ = choice.labels, choice.summary()
+        self._reference_labels = None if choice.chosen == "head" else choice.labels
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
         self.timings["total"] = time.perf_counter() - start
         self.n_clusters_found_ = count_clusters(self.labels_, self.n_clusters)
@@ -243,7 +244,10 @@ class ScllmModel:
         training cells by their nearest training cells
         (:func:`~scllm_jax.graph.attach_cells`; a cell identical to a training
         cell takes its place), encoded by the trained network and assigned to
-        the nearest trained centre under the Student-t kernel. No step looks
+        the nearest trained centre under the Student-t kernel; when the fit
+        reported the reference clustering of the principal components, a cell
+        takes the most common of its nearest training cells' clusters there
+        (:func:`~scllm_jax.partition.assign_by_neighbours`). No step looks
         at the other cells passed with a cell, so a cell's label does not
         depend on them: ``predict(adata[cells])`` equals
         ``predict(adata)[cells]``.
@@ -266,13 +270,16 @@ class ScllmModel:
         """
         self._require_fitted()
         prepared = self.preprocessor.transform(adata, layer=layer)
-        nearest_pca_centre = None
-        if self._pca_centres is not None:
-            # The fit reported the reference clustering of the principal components: new cells go to its nearest centre.
-            distances = ((prepared.pca[:, None, :] - self._pca_centres[None, :, :]) ** 2).sum(axis=2)
-            nearest_pca_centre = np.argmin(distances, axis=1)
+        reference_vote = None
+        if self._reference_labels is not None:
+            # The fit reported the reference clustering of the principal components: new cells take the
+            # cluster of their nearest training cells there.
+            reference_vote = assign_by_neighbours(self._reference_pca, self._reference_labels, prepared.pca,
+                                                  self.n_clusters, n_neighbors=self.config.n_neighbors,
+                                                  exact_max_cells=self.config.exact_knn_max_cells,
+                                                  seed=self.config.seed)
             if not return_embedding:  # the network is not needed for these labels
-                return nearest_pca_centre
+                return reference_vote
         text = None
         if self._text_dim is not None:
             from .semantic import cell_view_from_gene_embeddings
@@ -304,7 +311,7 @@ class ScllmModel:
         _, embedding = self._embed(self._params, data)
         embedding = embedding[n_reference:n_reference + n_new]
         assignment = student_t_assign(embedding, self._params["centres"][...], self.config.alpha)
-        labels = np.asarray(jnp.argmax(assignment, axis=1)) if nearest_pca_centre is None else nearest_pca_centre
+        labels = np.asarray(jnp.argmax(assignment, axis=1)) if reference_vote is None else reference_vote
         return (labels, np.asarray(embedding)) if return_embedding else labels
 
     # ------------------------------------------------------------ persistence
@@ -321,8 +328,8 @@ class ScllmModel:
                  indices=adjacency.indices, indptr=adjacency.indptr)
         if self._gene_embeddings is not None:
             np.savez(path / "gene_embeddings.npz", **self._gene_embeddings)
-        if self._pca_centres is not None:
-            np.save(path / "pca_centres.npy", self._pca_centres)
+        if self._reference_labels is not None:
+            np.save(path / "reference_labels.npy", self._reference_labels)
         meta = {"format_version": _FORMAT_VERSION, "config": self.config.to_dict(),
                 "n_clusters": self.n_clusters, "text_dim": self._text_dim,
                 "semantic_info": self.semantic_info, "selection": self.selection_}
@@ -347,8 +354,6 @@ class ScllmModel:
         model.n_clusters, model._text_dim = meta["n_clusters"], meta["text_dim"]
         model.semantic_info = meta.get("semantic_info", {})
         model.selection_ = meta.get("selection", {"chosen": "head"})
-        if (path / "pca_centres.npy").exists():
-            model._pca_centres = np.load(path / "pca_centres.npy", allow_pickle=False)
         with np.load(path / "preprocessor.npz", allow_pickle=False) as arrays:
             model.preprocessor = Preprocessor.from_arrays(dict(arrays))
         with np.load(path / "reference_graph.npz", allow_pickle=False) as graph:
@@ -356,6 +361,13 @@ class ScllmModel:
             model._reference_pca = graph["pca"]
             model._reference_adjacency = sp.csr_matrix((graph["data"], graph["indices"], graph["indptr"]),
                                                        shape=(n_reference, n_reference))
+        if (path / "reference_labels.npy").exists():
+            model._reference_labels = np.load(path / "reference_labels.npy", allow_pickle=False)
+        elif (path / "pca_centres.npy").exists():
+            # Saved when the reference was k-means: its training cells' clusters are their nearest centres.
+            centres = np.load(path / "pca_centres.npy", allow_pickle=False)
+            distances = ((model._reference_pca[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+            model._reference_labels = np.argmin(distances, axis=1)
         if (path / "gene_embeddings.npz").exists():
             with np.load(path / "gene_embeddings.npz", allow_pickle=False) as arrays:
                 model._gene_embeddings = dict(arrays)

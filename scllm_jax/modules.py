@@ -7,11 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .graph import propagate
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """Rows of ``x`` scaled to unit length."""
-    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+from .losses import unit_rows
 
 
 class GCNEncoder(nnx.Module):
@@ -92,7 +88,7 @@ class ScllmNetwork(nnx.Module):
         """L2-normalised projections ``(Zt_hat, Zf_hat)``; ``(None, None)`` for the graph-only network."""
         if not self.has_text:
             return None, None
-        return l2_normalize(self.text_projector(text)), l2_normalize(self.feature_projector(latent))
+        return unit_rows(self.text_projector(text)), unit_rows(self.feature_projector(latent))
 
     def cluster_space(self, latent: jax.Array, text: jax.Array | None) -> jax.Array:
         """The embedding the clusters live in: ``Z_feat``, or ``(Zt_hat + Zf_hat) / 2`` when fused."""

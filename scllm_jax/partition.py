@@ -347,15 +347,11 @@ class FinalChoice:
         ``"pca_kmeans"`` (the reference clustering of the principal components).
     scores
         Neighbourhood agreement of each candidate.
-    centres
-        Cluster means on the principal components when the reference was
-        chosen (``predict`` assigns new cells to the nearest), else ``None``.
     """
 
     labels: np.ndarray
     chosen: str
     scores: dict[str, float]
-    centres: np.ndarray | None = None
 
     def summary(self) -> dict:
         """Plain values for ``uns['scllm']['selection']``."""
@@ -374,6 +370,44 @@ def reference_labels(principal_components: np.ndarray, n_clusters: int, *, refer
     if reference == "ward":
         return ward_labels(principal_components, n_clusters, seed=seed)
     return kmeans_labels(principal_components, n_clusters, seed=seed, n_init=n_init, max_cells=max_cells)
+
+
+def assign_by_neighbours(reference: np.ndarray, reference_labels: np.ndarray, features: np.ndarray,
+                         n_clusters: int, *, n_neighbors: int, exact_max_cells: int = 50_000,
+                         seed: int = 0) -> np.ndarray:
+    """Clusters of new cells under a partition of the training cells, by their nearest training cells.
+
+    Each new cell takes the most common cluster among its ``n_neighbors``
+    nearest training cells on the principal components (a tie goes to the
+    cluster of the nearest of them); a cell that coincides with a training
+    cell takes that cell's cluster. Ward's clusters are not the Voronoi cells
+    of their means, so the nearest centre would relabel some training cells;
+    the vote does not.
+
+    Parameters
+    ----------
+    reference, reference_labels
+        The training cells' principal components and clusters.
+    features
+        The new cells' principal components.
+    n_clusters
+        K.
+    n_neighbors, exact_max_cells, seed
+        As for :func:`~scllm_jax.graph.nearest_reference_cells`.
+    """
+    from .graph import coincides, nearest_reference_cells
+
+    reference_labels = np.asarray(reference_labels, dtype=np.int64)
+    k = min(n_neighbors, reference.shape[0])
+    distances, indices = nearest_reference_cells(reference, features, k, exact_max_cells=exact_max_cells, seed=seed)
+    votes = reference_labels[indices]
+    counts = np.zeros((votes.shape[0], n_clusters))
+    np.add.at(counts, (np.repeat(np.arange(votes.shape[0]), k), votes.ravel()), 1.0)
+    counts[np.arange(votes.shape[0]), votes[:, 0]] += 0.5  # a tie goes to the nearest cell's cluster
+    labels = np.argmax(counts, axis=1)
+    twin = coincides(distances, reference)
+    labels[twin] = votes[twin, 0]
+    return labels.astype(np.int64)
 
 
 def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, neighbours: np.ndarray,
@@ -428,7 +462,5 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     logger.info("final partition: neighbourhood agreement head %.4f, %s on the principal components %.4f",
                 scores["head"], reference, scores[reference_name])
     if scores[reference_name] > scores["head"]:
-        centres = cluster_means(principal_components, pca_labels, n_clusters)
-        centres[np.bincount(pca_labels, minlength=n_clusters) == 0] = np.inf  # an empty cluster takes no new cell
-        return FinalChoice(pca_labels, reference_name, scores, centres)
+        return FinalChoice(pca_labels, reference_name, scores)
     return FinalChoice(head_labels, "head", scores)

@@ -25,8 +25,6 @@ from .partition import InitialPartition, cluster_means, kmeans_labels
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS = ("rec", "ncut", "align", "kl")
-
 
 class TrainingData(NamedTuple):
     """Device arrays one training step reads (a pytree).
