@@ -18,6 +18,7 @@ same source files and seeds.
 Examples
 --------
     python benchmarks/stress_sets.py                        # all dev sets, subsample seeds 0 1
+    python benchmarks/stress_sets.py --small 120            # uniform 120-cell subsamples, seed 0
     python benchmarks/run_benchmark.py --data-dir benchmarks/stress_data --out-dir benchmarks/results/stress
 """
 
@@ -32,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_OUT = REPO / "benchmarks" / "stress_data"
+DEFAULT_SMALL_OUT = REPO / "benchmarks" / "small_data"
 LABEL_KEY = "cell_type"
 #: Fraction of cells of the dominant type, by subsample seed (cycled).
 DOMINANT_FRACTIONS = (0.5, 0.6, 0.7)
@@ -81,6 +83,19 @@ def stress_subsample(labels: np.ndarray, dominant_fraction: float, seed: int) ->
     return np.sort(np.concatenate(picked))
 
 
+def small_subsample(labels: np.ndarray, n_cells: int, seed: int, min_cells: int = 3) -> np.ndarray:
+    """Indices of a uniform random subsample of ``n_cells`` cells, without the types it holds fewer than ``min_cells`` of.
+
+    The small sets stand for the few-dozen-to-few-hundred-cell data sets users
+    bring (embryo stages, sorted populations); a type with one or two cells
+    left cannot be told apart by any method and is dropped with its cells.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(labels.size, min(n_cells, labels.size), replace=False))
+    kinds, counts = np.unique(labels[rows], return_counts=True)
+    return rows[np.isin(labels[rows], kinds[counts >= min_cells])]
+
+
 def write_stress_sets(data_dir: Path, out_dir: Path, seeds: list[int], datasets: list[str] | None = None) -> list[Path]:
     """Write one stress set per dataset and subsample seed; returns the paths written."""
     import anndata as ad
@@ -108,13 +123,40 @@ def write_stress_sets(data_dir: Path, out_dir: Path, seeds: list[int], datasets:
     return written
 
 
+def write_small_sets(data_dir: Path, out_dir: Path, n_cells: int, seed: int = 0,
+                     datasets: list[str] | None = None) -> list[Path]:
+    """Write one uniform subsample of ``n_cells`` cells per dataset (:func:`small_subsample`); returns the paths."""
+    import anndata as ad
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(p for p in data_dir.glob("*.h5ad") if datasets is None or p.stem in datasets):
+        adata = ad.read_h5ad(path)
+        rows = small_subsample(adata.obs[LABEL_KEY].astype(str).to_numpy(), n_cells, seed)
+        subset = adata[rows].copy()
+        subset.obs[LABEL_KEY] = subset.obs[LABEL_KEY].astype(str).astype("category")
+        subset.uns["source"] = f"{path.name}: uniform subsample of {n_cells} cells, seed {seed} ({Path(__file__).name})"
+        target = out_dir / f"{path.stem}_n{n_cells}.h5ad"
+        subset.write_h5ad(target)
+        print(f"{target.name}: {subset.n_obs} cells, {subset.obs[LABEL_KEY].nunique()} types")
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help=f"source .h5ad folder ({DEFAULT_DATA})")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help=f"where the sets go ({DEFAULT_OUT})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="subsample seeds (default 0 1)")
     parser.add_argument("--datasets", nargs="+", default=None, help="dataset names (file stems); default all")
+    parser.add_argument("--small", type=int, default=None, metavar="N",
+                        help="instead, write uniform subsamples of N cells (seed: the first of --seeds), "
+                             f"to {DEFAULT_SMALL_OUT} unless --out-dir is given")
     args = parser.parse_args(argv)
+    if args.small is not None:
+        out_dir = args.out_dir if args.out_dir != DEFAULT_OUT else DEFAULT_SMALL_OUT
+        write_small_sets(args.data_dir, out_dir, args.small, args.seeds[0], args.datasets)
+        return 0
     write_stress_sets(args.data_dir, args.out_dir, args.seeds, args.datasets)
     return 0
 
