@@ -96,6 +96,15 @@ def small_subsample(labels: np.ndarray, n_cells: int, seed: int, min_cells: int 
     return rows[np.isin(labels[rows], kinds[counts >= min_cells])]
 
 
+def _write_subset(adata, rows: np.ndarray, target: Path, source: str):
+    """Write ``adata[rows]`` to ``target`` with its labels as a category and ``source`` recorded; returns the subset."""
+    subset = adata[rows].copy()
+    subset.obs[LABEL_KEY] = subset.obs[LABEL_KEY].astype(str).astype("category")
+    subset.uns["source"] = f"{source} ({Path(__file__).name})"
+    subset.write_h5ad(target)
+    return subset
+
+
 def write_stress_sets(data_dir: Path, out_dir: Path, seeds: list[int], datasets: list[str] | None = None) -> list[Path]:
     """Write one stress set per dataset and subsample seed; returns the paths written."""
     import anndata as ad
@@ -110,13 +119,9 @@ def write_stress_sets(data_dir: Path, out_dir: Path, seeds: list[int], datasets:
         labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
         for seed in seeds:
             fraction = DOMINANT_FRACTIONS[seed % len(DOMINANT_FRACTIONS)]
-            rows = stress_subsample(labels, fraction, seed)
-            subset = adata[rows].copy()
-            subset.obs[LABEL_KEY] = subset.obs[LABEL_KEY].astype(str).astype("category")
-            subset.uns["source"] = (f"{path.name}: stress subsample, seed {seed}, largest type "
-                                    f"{fraction:.0%} of cells ({Path(__file__).name})")
             target = out_dir / f"{path.stem}_stress{seed}.h5ad"
-            subset.write_h5ad(target)
+            subset = _write_subset(adata, stress_subsample(labels, fraction, seed), target,
+                                   f"{path.name}: stress subsample, seed {seed}, largest type {fraction:.0%} of cells")
             sizes = subset.obs[LABEL_KEY].value_counts().to_numpy()
             print(f"{target.name}: {subset.n_obs} cells, {len(sizes)} types, sizes {sizes.tolist()}")
             written.append(target)
@@ -133,11 +138,8 @@ def write_small_sets(data_dir: Path, out_dir: Path, n_cells: int, seed: int = 0,
     for path in sorted(p for p in data_dir.glob("*.h5ad") if datasets is None or p.stem in datasets):
         adata = ad.read_h5ad(path)
         rows = small_subsample(adata.obs[LABEL_KEY].astype(str).to_numpy(), n_cells, seed)
-        subset = adata[rows].copy()
-        subset.obs[LABEL_KEY] = subset.obs[LABEL_KEY].astype(str).astype("category")
-        subset.uns["source"] = f"{path.name}: uniform subsample of {n_cells} cells, seed {seed} ({Path(__file__).name})"
         target = out_dir / f"{path.stem}_n{n_cells}.h5ad"
-        subset.write_h5ad(target)
+        subset = _write_subset(adata, rows, target, f"{path.name}: uniform subsample of {n_cells} cells, seed {seed}")
         print(f"{target.name}: {subset.n_obs} cells, {subset.obs[LABEL_KEY].nunique()} types")
         written.append(target)
     return written

@@ -365,8 +365,9 @@ class ScllmModel:
             model._reference_labels = np.load(path / "reference_labels.npy", allow_pickle=False)
         elif (path / "pca_centres.npy").exists():
             # Saved when the reference was k-means: its training cells' clusters are their nearest centres.
+            # One centre at a time: N x K distances, not an N x K x d array (empty clusters' centres are inf).
             centres = np.load(path / "pca_centres.npy", allow_pickle=False)
-            distances = ((model._reference_pca[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+            distances = np.stack([((model._reference_pca - centre) ** 2).sum(axis=1) for centre in centres], axis=1)
             model._reference_labels = np.argmin(distances, axis=1)
         if (path / "gene_embeddings.npz").exists():
             with np.load(path / "gene_embeddings.npz", allow_pickle=False) as arrays:

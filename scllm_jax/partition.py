@@ -372,7 +372,7 @@ def reference_labels(principal_components: np.ndarray, n_clusters: int, *, refer
     return kmeans_labels(principal_components, n_clusters, seed=seed, n_init=n_init, max_cells=max_cells)
 
 
-def assign_by_neighbours(reference: np.ndarray, reference_labels: np.ndarray, features: np.ndarray,
+def assign_by_neighbours(reference: np.ndarray, reference_clusters: np.ndarray, features: np.ndarray,
                          n_clusters: int, *, n_neighbors: int, exact_max_cells: int = 50_000,
                          seed: int = 0) -> np.ndarray:
     """Clusters of new cells under a partition of the training cells, by their nearest training cells.
@@ -386,7 +386,7 @@ def assign_by_neighbours(reference: np.ndarray, reference_labels: np.ndarray, fe
 
     Parameters
     ----------
-    reference, reference_labels
+    reference, reference_clusters
         The training cells' principal components and clusters.
     features
         The new cells' principal components.
@@ -397,10 +397,10 @@ def assign_by_neighbours(reference: np.ndarray, reference_labels: np.ndarray, fe
     """
     from .graph import coincides, nearest_reference_cells
 
-    reference_labels = np.asarray(reference_labels, dtype=np.int64)
+    reference_clusters = np.asarray(reference_clusters, dtype=np.int64)
     k = min(n_neighbors, reference.shape[0])
     distances, indices = nearest_reference_cells(reference, features, k, exact_max_cells=exact_max_cells, seed=seed)
-    votes = reference_labels[indices]
+    votes = reference_clusters[indices]
     counts = np.zeros((votes.shape[0], n_clusters))
     np.add.at(counts, (np.repeat(np.arange(votes.shape[0]), k), votes.ravel()), 1.0)
     counts[np.arange(votes.shape[0]), votes[:, 0]] += 0.5  # a tie goes to the nearest cell's cluster

@@ -44,7 +44,8 @@ def test_quality_floor_on_bundled_pancreas(baron_small, tmp_path):
     optimum = KMeans(4, n_init=100, random_state=0).fit_predict(model.prepared_.pca)
     reported = cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"]
     assert reported >= cluster_metrics(adata.obs["cell_type"], optimum)["ARI"] - 0.02
-    # Here the reference clustering won the final selection: a saved model assigns cells to its centres on the PCA.
+    # Here the reference clustering won the final selection: a saved model assigns cells by their nearest
+    # training cells' clusters on the PCA.
     assert adata.uns["scllm"]["selection"]["chosen"] == "pca_ward"
     model.save(tmp_path / "model")
     loaded = sj.ScllmModel.load(tmp_path / "model")
