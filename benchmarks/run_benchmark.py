@@ -61,6 +61,12 @@ SCLLM_METHODS: dict[str, dict] = {
     # The final check against k-means on the principal components (the default before Ward).
     "scllm_kmeans_reference": {"reference_clustering": "kmeans"},
     "scllm_no_infonce": {"use_semantic": True, "use_infonce": False},
+    # Alignment at the level of groups of cells (ScllmConfig.alignment): InfoNCE positives are the
+    # cell's graph neighbours, or the cells of its current cluster; the last also clusters in the
+    # fused projections, which instance InfoNCE leaves without cell-type structure.
+    "scllm_align_neighbours": {"use_semantic": True, "alignment": "neighbours"},
+    "scllm_align_clusters": {"use_semantic": True, "alignment": "clusters"},
+    "scllm_align_clusters_fused": {"use_semantic": True, "alignment": "clusters", "cluster_space": "fused"},
     # The paper's normalised-cut regulariser off (reconstruction-only pre-training): a
     # structural ablation, so it runs on every dataset.
     "scllm_no_ncut": {"weight_ncut": 0.0},
@@ -73,7 +79,8 @@ SCLLM_METHODS: dict[str, dict] = {
 #: scllm methods that are not told K.
 AUTO_K_METHODS = ("scllm_auto_k",)
 #: Ablations run only on datasets with gene symbols (without them the semantic view is off anyway).
-ABLATIONS = ("scllm_semantic", "scllm_graph_only", "scllm_with_path2", "scllm_no_infonce", "scllm_permuted_symbols")
+ABLATIONS = ("scllm_semantic", "scllm_graph_only", "scllm_with_path2", "scllm_no_infonce", "scllm_permuted_symbols",
+             "scllm_align_neighbours", "scllm_align_clusters", "scllm_align_clusters_fused")
 #: Ablations of the structural view and of the clustering phase: they run on every dataset
 #: (when ablations are on).
 STRUCTURAL_ABLATIONS = ("scllm_no_ncut", "scllm_dec_target", "scllm_select_init", "scllm_kmeans_reference",

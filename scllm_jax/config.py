@@ -20,6 +20,8 @@ TARGETS = ("dec", "sharpen", "sized", "sinkhorn")
 INITIALISATIONS = ("select", "latent_kmeans", "graph_merged", "graph_leiden", "pca_ward")
 #: Final choices of partition (see ``ScllmConfig.final_selection``).
 FINAL_SELECTIONS = ("neighbourhood", "head")
+#: Positive pairs of the view alignment (see ``ScllmConfig.alignment``).
+ALIGNMENTS = ("instance", "neighbours", "clusters")
 #: Clusterings of the principal components the final selection checks the head against.
 REFERENCE_CLUSTERINGS = ("ward", "kmeans")
 
@@ -105,6 +107,13 @@ class ScllmConfig:
     use_infonce
         Align the two views with InfoNCE (off: the semantic view is unused in
         the loss; only a ``"fused"`` cluster space still reads it).
+    alignment
+        Which pairs of cells InfoNCE treats as the same across the two views.
+        ``"instance"`` (the paper): each cell only with itself, which teaches
+        the projections to tell single cells apart. ``"neighbours"``: a cell
+        with itself and its cell-graph neighbours. ``"clusters"``: cells of
+        the same current cluster in the clustering phase (the neighbours
+        during pre-training). Ablations; rows in ``benchmark.tsv``.
     fusion_weight
         ``w`` of ``Z_text = w * Z1 + (1 - w) * Z2``.
     cluster_space
@@ -242,6 +251,7 @@ class ScllmConfig:
     use_path1: bool = True
     use_path2: bool = False
     use_infonce: bool = True
+    alignment: Literal["instance", "neighbours", "clusters"] = "instance"
     fusion_weight: float = 0.5
     cluster_space: str = "latent"
     path1_weights: str = "standardised"
@@ -289,6 +299,8 @@ class ScllmConfig:
             problems.append(f"gene_postprocess must be one of {GENE_POSTPROCESSING}")
         if self.cluster_space not in ("latent", "fused"):
             problems.append("cluster_space must be 'latent' or 'fused'")
+        if self.alignment not in ALIGNMENTS:
+            problems.append(f"alignment must be one of {ALIGNMENTS}")
         if self.target not in TARGETS:
             problems.append(f"target must be one of {TARGETS}")
         if self.final_selection not in FINAL_SELECTIONS:

@@ -64,16 +64,50 @@ def infonce_loss(text: jax.Array, feature: jax.Array, temperature: float) -> jax
     return -0.5 * (jnp.mean(row) + jnp.mean(column))
 
 
+def multi_positive_infonce_loss(text: jax.Array, feature: jax.Array, positives: jax.Array,
+                                temperature: float) -> jax.Array:
+    """InfoNCE in which row ``i`` has every column ``j`` with ``positives[i, j]`` as a positive.
+
+    ``S = text @ feature.T / tau``; each row's target spreads evenly over its
+    positives (the supervised-contrastive form, Khosla et al. 2020), and the
+    same for each column. With ``positives = I`` it is :func:`infonce_loss`.
+
+    Parameters
+    ----------
+    text, feature
+        ``(B, d)`` L2-normalised views of the same cells.
+    positives
+        ``(B, B)`` 0/1: which pairs count as the same; the diagonal must be 1.
+    temperature
+        ``tau``.
+    """
+    logits = text @ feature.T / temperature
+    row_target = positives / jnp.sum(positives, axis=1, keepdims=True)
+    column_target = positives / jnp.sum(positives, axis=0, keepdims=True)
+    row = jnp.sum(row_target * jax.nn.log_softmax(logits, axis=1), axis=1)
+    column = jnp.sum(column_target * jax.nn.log_softmax(logits, axis=0), axis=0)
+    return -0.5 * (jnp.mean(row) + jnp.mean(column))
+
+
 def variance_loss(embedding: jax.Array, eps: float = 1e-4) -> jax.Array:
     """Anti-collapse hinge: ``mean_k relu(1 - sqrt(var_k + eps))`` over the embedding's dimensions."""
     std = jnp.sqrt(jnp.var(embedding, axis=0) + eps)
     return jnp.mean(jax.nn.relu(1.0 - std))
 
 
-def alignment_loss(text: jax.Array, feature: jax.Array, temperature: float, variance_weight: float) -> jax.Array:
-    """``L_cl + lambda * (L_var(text) + L_var(feature))`` of METHOD.md step 9."""
+def alignment_loss(text: jax.Array, feature: jax.Array, temperature: float, variance_weight: float,
+                   positives: jax.Array | None = None) -> jax.Array:
+    """``L_cl + lambda * (L_var(text) + L_var(feature))`` of METHOD.md step 9.
+
+    ``positives=None``: ``L_cl`` is the paper's instance InfoNCE; otherwise
+    :func:`multi_positive_infonce_loss` with those positive pairs.
+    """
     regulariser = variance_loss(text) + variance_loss(feature)
-    return infonce_loss(text, feature, temperature) + variance_weight * regulariser
+    if positives is None:
+        contrast = infonce_loss(text, feature, temperature)
+    else:
+        contrast = multi_positive_infonce_loss(text, feature, positives, temperature)
+    return contrast + variance_weight * regulariser
 
 
 def kl_clustering_loss(target: jax.Array, assignment: jax.Array, eps: float = 1e-12) -> jax.Array:

@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 from .config import ScllmConfig
 from .graph import row_edges
 from .losses import direction_orthogonality, reconstruction_loss, unit_rows
-from .objective import alignment_term, clustering_term, total_loss
+from .objective import alignment_positives, alignment_term, clustering_term, total_loss
 from .parallel import agree_max, process_rows, put_global_rows, put_rows, replicated, row_sharded, to_host
 
 
@@ -247,7 +247,9 @@ def minibatch_loss_terms(network, tables: Tables, batch: Batch, config: ScllmCon
              "ncut": batch_ncut_loss(latent, tables, batch, config.ncut_eta)}
     text = None if tables.text is None else tables.text[batch.cells]
     if network.has_text and config.use_infonce:
-        terms["align"] = alignment_term(network, latent, text, config)
+        positives = alignment_positives(config, batch.cells, tables.latent.shape[0], batch.senders,
+                                        batch.cells[batch.receivers], batch.weights > 0, tables.target_p)
+        terms["align"] = alignment_term(network, latent, text, config, positives)
     if tables.target_p is not None:
         terms["kl"] = clustering_term(network, latent, text, tables.target_p[batch.cells], config)
     return terms

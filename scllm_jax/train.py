@@ -20,7 +20,7 @@ from .config import ScllmConfig
 from .graph import propagate
 from .losses import ncut_loss, reconstruction_loss
 from .modules import ScllmNetwork
-from .objective import alignment_term, clustering_term, total_loss
+from .objective import alignment_positives, alignment_term, clustering_term, total_loss
 from .partition import InitialPartition, cluster_means, kmeans_labels
 
 logger = logging.getLogger(__name__)
@@ -86,12 +86,12 @@ def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | 
     terms = {"rec": reconstruction,
              "ncut": ncut_loss(latent, data.edges, data.senders, data.receivers, config.ncut_eta)}
     if network.has_text and config.use_infonce:
-        latent_rows, text_rows = latent, data.text
+        batch = jnp.arange(n_cells)
         if n_cells > config.infonce_batch_size:
             # InfoNCE is O(B^2): above the batch size it is estimated on random cells.
             batch = jax.random.permutation(align_key, n_cells)[: config.infonce_batch_size]
-            latent_rows, text_rows = latent[batch], data.text[batch]
-        terms["align"] = alignment_term(network, latent_rows, text_rows, config)
+        positives = alignment_positives(config, batch, n_cells, data.senders, data.receivers, None, target_p)
+        terms["align"] = alignment_term(network, latent[batch], data.text[batch], config, positives)
     if target_p is not None:
         terms["kl"] = clustering_term(network, latent, data.text, target_p, config)
     return terms

@@ -83,3 +83,46 @@ def test_ncut_hand_case_and_preference_for_smooth_latents():
     same = jnp.array([[1.0, 0.0], [1.0, 0.0]])
     smooth = float(ncut_loss(same, edges, senders, receivers, 0.0))
     assert smooth < float(ncut_loss(latent, edges, senders, receivers, 0.0))
+
+
+def test_multi_positive_infonce_hand_case_and_identity():
+    from scllm_jax.losses import multi_positive_infonce_loss
+
+    rng = np.random.default_rng(3)
+    text, feature = _unit(rng.normal(size=(4, 3))), _unit(rng.normal(size=(4, 3)))
+    np.testing.assert_allclose(float(multi_positive_infonce_loss(text, feature, jnp.eye(4), 0.2)),
+                               float(infonce_loss(text, feature, 0.2)), rtol=1e-5)
+    # Cells 0 and 1 are positives of each other: rows 0 and 1 (and columns 0 and 1) average over both.
+    positives = np.eye(4)
+    positives[0, 1] = positives[1, 0] = 1.0
+    logits = text @ feature.T / 0.2
+    log_row = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    log_col = logits - np.log(np.exp(logits).sum(axis=0, keepdims=True))
+    target = positives / positives.sum(axis=1, keepdims=True)
+    expected = -0.5 * (np.mean((target * log_row).sum(axis=1)) + np.mean((target * log_col).sum(axis=0)))
+    got = multi_positive_infonce_loss(jnp.asarray(text), jnp.asarray(feature), jnp.asarray(positives), 0.2)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_alignment_positives_from_graph_and_clusters():
+    from scllm_jax.config import ScllmConfig
+    from scllm_jax.objective import alignment_positives
+
+    senders, receivers = jnp.array([0, 1, 2, 3, 4]), jnp.array([1, 0, 4, 4, 2])
+    cells = jnp.array([4, 2, 0])  # a batch of 3 of 5 cells: positions 0, 1, 2
+    neighbours = ScllmConfig(alignment="neighbours")
+    assert alignment_positives(ScllmConfig(), cells, 5, senders, receivers, None, None) is None
+    got = np.asarray(alignment_positives(neighbours, cells, 5, senders, receivers, None, None))
+    # Edges 2->4 and 4->2 join batch positions 1 and 0; 0->1, 1->0 and 3->4 leave the batch.
+    np.testing.assert_array_equal(got, [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
+    padded = np.asarray(alignment_positives(neighbours, cells, 5, senders, receivers,
+                                            jnp.array([True, True, False, True, False]), None))
+    np.testing.assert_array_equal(padded, np.eye(3))
+    target = jnp.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5], [0.3, 0.7]])
+    clusters = ScllmConfig(alignment="clusters")
+    by_cluster = np.asarray(alignment_positives(clusters, cells, 5, senders, receivers, None, target))
+    np.testing.assert_array_equal(by_cluster, [[1, 0, 0], [0, 1, 1], [0, 1, 1]])  # cells 4 | 2, 0
+    before_clusters = np.asarray(alignment_positives(clusters, cells, 5, senders, receivers, None, None))
+    np.testing.assert_array_equal(before_clusters, got)
+    with pytest.raises(ValueError, match="alignment"):
+        ScllmConfig(alignment="prototypes")

@@ -161,3 +161,14 @@ def test_cluster_space_switch(space, width):
         assert bool(jnp.all(embedding == latent))
     with pytest.raises(ValueError, match="cluster_space"):
         ScllmConfig(cluster_space="projections")
+
+
+@pytest.mark.parametrize("alignment, minibatch", [("neighbours", False), ("clusters", False), ("clusters", True)])
+def test_alignment_variants_train(baron_small, alignment, minibatch):
+    config = ScllmConfig.tiny(use_semantic=True, n_top_genes=150, alignment=alignment,
+                              minibatch_min_cells=1 if minibatch else 50_000)
+    adata, model = sj.tl.cluster(baron_small, 4, config=config, copy=True, progress=False, return_model=True)
+    assert adata.uns["scllm"]["semantic"]["used"]
+    align = np.asarray(model.result.history["cluster"]["align"])
+    assert align.size > 0 and np.all(np.isfinite(align))
+    assert cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"] > 0.5
