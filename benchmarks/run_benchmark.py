@@ -60,6 +60,8 @@ SCLLM_METHODS: dict[str, dict] = {
     "scllm_ward_init": {"initialisation": "pca_ward"},
     # The final check against k-means on the principal components (the default before Ward).
     "scllm_kmeans_reference": {"reference_clustering": "kmeans"},
+    # The clustering phase's Adam at full rate from its first step (no warm-up over the first refresh).
+    "scllm_no_warmup": {"cluster_warmup": False},
     "scllm_no_infonce": {"use_semantic": True, "use_infonce": False},
     # Alignment at the level of groups of cells (ScllmConfig.alignment): InfoNCE positives are the
     # cell's graph neighbours, or the cells of its current cluster; the last also clusters in the
@@ -84,7 +86,7 @@ ABLATIONS = ("scllm_semantic", "scllm_graph_only", "scllm_with_path2", "scllm_no
 #: Ablations of the structural view and of the clustering phase: they run on every dataset
 #: (when ablations are on).
 STRUCTURAL_ABLATIONS = ("scllm_no_ncut", "scllm_dec_target", "scllm_select_init", "scllm_kmeans_reference",
-                        "scllm_ward_init")
+                        "scllm_ward_init", "scllm_no_warmup")
 BASELINES = ("leiden_r1", "kmeans", "ward")
 ALL_METHODS = tuple(SCLLM_METHODS) + BASELINES
 #: Methods the chart shows (every method is in the .md table).

@@ -63,6 +63,12 @@ class ScllmConfig:
         Maximum epochs of the clustering phase (all loss terms).
     update_interval
         The target distribution ``P`` is refreshed every this many epochs.
+    cluster_warmup
+        Ramp the clustering phase's learning rate linearly from 0 over its
+        first target refresh (``update_interval`` epochs; one epoch of
+        mini-batches at atlas scale). Adam starts a phase with steps of about
+        the learning rate in every weight; without the ramp the first refresh
+        moved worm_neuron's partition away from its start by up to 0.05 ARI.
     tol
         Stop the clustering phase once fewer than this fraction of cells
         change cluster between two target refreshes (label-free stopping).
@@ -231,6 +237,7 @@ class ScllmConfig:
     pretrain_epochs: int = 200
     cluster_epochs: int = 200
     update_interval: int = 10
+    cluster_warmup: bool = True
     tol: float = 1e-3
     reconstruction_batch_size: int = 1024
     target: Literal["dec", "sharpen", "sized", "sinkhorn"] = "sized"
@@ -343,13 +350,13 @@ class ScllmConfig:
         Both text paths on (the paper's log-weighted pooling of raw gene
         vectors, Cell2Sentence), clusters in the fused space, the head started
         from k-means in the latent and trained towards Sinkhorn targets whose
-        cluster sizes are the current partition's, and the head's clusters
-        reported as they are. It keeps this implementation's cell graph
-        (kNN, not O(N^2)) and label-free stopping.
+        cluster sizes are the current partition's, the head's clusters
+        reported as they are, and no learning-rate warm-up. It keeps this
+        implementation's cell graph (kNN, not O(N^2)) and label-free stopping.
         """
         base = dict(use_semantic=True, use_path1=True, use_path2=True, path1_weights="log",
                     gene_postprocess="none", cluster_space="fused", initialisation="latent_kmeans",
-                    target="sized", final_selection="head")
+                    target="sized", final_selection="head", cluster_warmup=False)
         base.update(changes)
         return cls(**base)
 

@@ -126,3 +126,17 @@ def test_alignment_positives_from_graph_and_clusters():
     np.testing.assert_array_equal(before_clusters, got)
     with pytest.raises(ValueError, match="alignment"):
         ScllmConfig(alignment="prototypes")
+
+
+def test_cluster_optimizer_ramps_up_over_the_first_refresh():
+    from scllm_jax.config import ScllmConfig
+    from scllm_jax.train import cluster_optimizer
+
+    params, grads = {"w": jnp.ones(3)}, {"w": jnp.ones(3)}
+    for warmup, expected in ((True, [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]), (False, [1.0] * 6)):
+        optimizer = cluster_optimizer(ScllmConfig(learning_rate=0.01, cluster_warmup=warmup), 4)
+        state, steps = optimizer.init(params), []
+        for _ in range(6):
+            updates, state = optimizer.update(grads, state, params)
+            steps.append(-float(updates["w"][0]) / 0.01)
+        np.testing.assert_allclose(steps, expected, atol=1e-4)
