@@ -432,11 +432,9 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     method
         ``"neighbourhood"`` (the candidate of higher mean
         :func:`neighbourhood_agreement` over the two spaces' neighbourhoods;
-        a tie keeps the head; a head with fewer non-empty clusters than
-        ``n_clusters`` is compared with the reference cut into as many
-        clusters as it has, must score strictly higher, and otherwise the
-        reference at ``n_clusters`` is reported) or ``"head"`` (the head's partition, nothing
-        compared).
+        a tie keeps the head; a head that left clusters empty is never
+        reported, since agreement rises as clusters merge) or ``"head"``
+        (the head's partition, nothing compared).
     seed, n_init, max_cells
         As for :func:`reference_labels`.
     n_neighbors
@@ -455,25 +453,19 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     reference_name = f"pca_{reference}"
     pca_labels = reference_labels(principal_components, n_clusters, reference=reference, seed=seed,
                                   n_init=n_init, max_cells=max_cells)
-    # Agreement rises as clusters merge (one cluster scores 1), so a head that left clusters
-    # empty is compared with the reference cut into as many clusters as the head has.
-    head_clusters = int(np.unique(head_labels).size)
-    compared = pca_labels
-    if head_clusters < n_clusters:
-        compared = reference_labels(principal_components, head_clusters, reference=reference, seed=seed,
-                                    n_init=n_init, max_cells=max_cells)
     spaces = {"pca": neighbours[:, :n_neighbors],
               "embedding": knn_indices(np.asarray(embedding, np.float32), n_neighbors, seed=seed)}
-    scores = {"clusters_compared": float(head_clusters)}
-    for name, labels in (("head", head_labels), (reference_name, compared)):
+    head_clusters = int(np.unique(head_labels).size)
+    scores = {"head_clusters": float(head_clusters)}
+    for name, labels in (("head", head_labels), (reference_name, pca_labels)):
         per_space = {space: neighbourhood_agreement(close, labels) for space, close in spaces.items()}
         scores.update({f"{name}_on_{space}": value for space, value in per_space.items()})
         scores[name] = float(np.mean(list(per_space.values())))
-    logger.info("final partition: neighbourhood agreement at %d clusters: head %.4f, %s on the principal "
-                "components %.4f", head_clusters, scores["head"], reference, scores[reference_name])
-    # A tie keeps the head only when it has every cluster asked for (a one-cluster head ties with anything cut to one).
-    head_wins = (scores["head"] >= scores[reference_name] if head_clusters == n_clusters
-                 else scores["head"] > scores[reference_name])
-    if head_wins:
+    logger.info("final partition: neighbourhood agreement head %.4f (%d of %d clusters filled), %s on the "
+                "principal components %.4f", scores["head"], head_clusters, n_clusters, reference,
+                scores[reference_name])
+    # Agreement rises as clusters merge (one cluster scores 1), so it cannot weigh a head that left
+    # clusters empty against a full partition: such a head is not reported.
+    if head_clusters == n_clusters and scores["head"] >= scores[reference_name]:
         return FinalChoice(head_labels, "head", scores)
     return FinalChoice(pca_labels, reference_name, scores)
