@@ -320,6 +320,12 @@ def initial_partition(latent: np.ndarray, principal_components: np.ndarray, adja
     return InitialPartition(candidates[chosen], chosen, scores, sizes)
 
 
+def distinct_rows(array: np.ndarray) -> int:
+    """Number of distinct rows of ``array`` (cells with identical values count once)."""
+    rows = np.ascontiguousarray(array)
+    return int(np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()).size)
+
+
 def neighbourhood_agreement(neighbours: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of (cell, neighbour) pairs whose two cells share a cluster.
 
@@ -432,8 +438,9 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     method
         ``"neighbourhood"`` (the candidate of higher mean
         :func:`neighbourhood_agreement` over the two spaces' neighbourhoods;
-        a tie keeps the head; a head that left clusters empty is never
-        reported, since agreement rises as clusters merge) or ``"head"``
+        a tie keeps the head; a head that left clusters empty is not
+        reported, since agreement rises as clusters merge, unless the cells
+        have fewer distinct profiles than ``n_clusters``) or ``"head"``
         (the head's partition, nothing compared).
     seed, n_init, max_cells
         As for :func:`reference_labels`.
@@ -465,7 +472,9 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
                 "principal components %.4f", scores["head"], head_clusters, n_clusters, reference,
                 scores[reference_name])
     # Agreement rises as clusters merge (one cluster scores 1), so it cannot weigh a head that left
-    # clusters empty against a full partition: such a head is not reported.
-    if head_clusters == n_clusters and scores["head"] >= scores[reference_name]:
+    # clusters empty against a full partition: such a head is not reported, unless the cells have
+    # fewer distinct profiles than K and any K clusters would split identical cells.
+    eligible = head_clusters == n_clusters or distinct_rows(principal_components) < n_clusters
+    if eligible and scores["head"] >= scores[reference_name]:
         return FinalChoice(head_labels, "head", scores)
     return FinalChoice(pca_labels, reference_name, scores)
