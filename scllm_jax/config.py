@@ -101,10 +101,10 @@ class ScllmConfig:
     use_semantic
         Use the knowledge-driven semantic view (needs gene symbols). Off by
         default: on the benchmark's data sets with gene symbols it did not
-        raise the clusters' agreement with the cell types (baron 0.765 with
-        and without it; cellbench 0.969 with, 0.971 without), and the
-        gene-symbol permutation control scored as well as the true symbols
-        (``docs/METHOD_NOTES.md``).
+        raise the clusters' agreement with the cell types (baron 0.689 and
+        cellbench 0.971, with it and without), nor did any alignment variant,
+        and the gene-symbol permutation control scored as well as the true
+        symbols (``docs/METHOD_NOTES.md``).
     use_path1, use_path2
         Which cell text embeddings make up the semantic view. Path 2
         (Cell2Sentence: the language model over every cell) is off by
