@@ -352,7 +352,8 @@ class FinalChoice:
         ``"head"`` (the trained clustering head), ``"pca_ward"`` or
         ``"pca_kmeans"`` (the reference clustering of the principal components).
     scores
-        Neighbourhood agreement of each candidate.
+        Neighbourhood agreement of each candidate (overall and per space), and
+        ``head_clusters``: how many clusters the head filled.
     """
 
     labels: np.ndarray
@@ -361,7 +362,9 @@ class FinalChoice:
 
     def summary(self) -> dict:
         """Plain values for ``uns['scllm']['selection']``."""
-        return {"chosen": self.chosen, **{f"neighbourhood_agreement_{k}": v for k, v in self.scores.items()}}
+        counts = {k: int(v) for k, v in self.scores.items() if k == "head_clusters"}
+        agreement = {f"neighbourhood_agreement_{k}": v for k, v in self.scores.items() if k != "head_clusters"}
+        return {"chosen": self.chosen, **counts, **agreement}
 
 
 def reference_labels(principal_components: np.ndarray, n_clusters: int, *, reference: str, seed: int,

@@ -154,6 +154,7 @@ def test_final_partition_never_reports_a_head_that_left_clusters_empty():
     collapsed = final_partition(np.zeros(truth.size, np.int64), cells, neighbours, cells, 5,
                                 method="neighbourhood", seed=0, n_init=10, n_neighbors=10)
     assert collapsed.chosen == "pca_ward" and collapsed.scores["head_clusters"] == 1
+    assert collapsed.summary()["head_clusters"] == 1 and "neighbourhood_agreement_head" in collapsed.summary()
     assert collapsed.scores["head"] == 1.0 > collapsed.scores["pca_ward"]
     assert np.unique(collapsed.labels).size == 5
     # The true types with the smallest merged into the next: one cluster short, and the same agreement
