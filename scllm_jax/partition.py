@@ -320,12 +320,6 @@ def initial_partition(latent: np.ndarray, principal_components: np.ndarray, adja
     return InitialPartition(candidates[chosen], chosen, scores, sizes)
 
 
-def distinct_rows(array: np.ndarray) -> int:
-    """Number of distinct rows of ``array`` (cells with identical values count once)."""
-    rows = np.ascontiguousarray(array)
-    return int(np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()).size)
-
-
 def neighbourhood_agreement(neighbours: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of (cell, neighbour) pairs whose two cells share a cluster.
 
@@ -352,19 +346,21 @@ class FinalChoice:
         ``"head"`` (the trained clustering head), ``"pca_ward"`` or
         ``"pca_kmeans"`` (the reference clustering of the principal components).
     scores
-        Neighbourhood agreement of each candidate (overall and per space), and
-        ``head_clusters``: how many clusters the head filled.
+        Neighbourhood agreement of each candidate (overall and per space).
+    head_clusters
+        How many clusters the head filled (``None`` when nothing was compared).
     """
 
     labels: np.ndarray
     chosen: str
     scores: dict[str, float]
+    head_clusters: int | None = None
 
     def summary(self) -> dict:
         """Plain values for ``uns['scllm']['selection']``."""
-        counts = {k: int(v) for k, v in self.scores.items() if k == "head_clusters"}
-        agreement = {f"neighbourhood_agreement_{k}": v for k, v in self.scores.items() if k != "head_clusters"}
-        return {"chosen": self.chosen, **counts, **agreement}
+        counts = {} if self.head_clusters is None else {"head_clusters": self.head_clusters}
+        return {"chosen": self.chosen, **counts,
+                **{f"neighbourhood_agreement_{k}": v for k, v in self.scores.items()}}
 
 
 def reference_labels(principal_components: np.ndarray, n_clusters: int, *, reference: str, seed: int,
@@ -459,6 +455,7 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     if method == "head":
         return FinalChoice(head_labels, "head", {})
     from .graph import knn_indices
+    from .validation import distinct_profiles
 
     reference_name = f"pca_{reference}"
     pca_labels = reference_labels(principal_components, n_clusters, reference=reference, seed=seed,
@@ -466,7 +463,7 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     spaces = {"pca": neighbours[:, :n_neighbors],
               "embedding": knn_indices(np.asarray(embedding, np.float32), n_neighbors, seed=seed)}
     head_clusters = int(np.unique(head_labels).size)
-    scores = {"head_clusters": float(head_clusters)}
+    scores = {}
     for name, labels in (("head", head_labels), (reference_name, pca_labels)):
         per_space = {space: neighbourhood_agreement(close, labels) for space, close in spaces.items()}
         scores.update({f"{name}_on_{space}": value for space, value in per_space.items()})
@@ -477,7 +474,7 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     # Agreement rises as clusters merge (one cluster scores 1), so it cannot weigh a head that left
     # clusters empty against a full partition: such a head is not reported, unless the cells have
     # fewer distinct profiles than K and any K clusters would split identical cells.
-    eligible = head_clusters == n_clusters or distinct_rows(principal_components) < n_clusters
+    eligible = head_clusters == n_clusters or distinct_profiles(principal_components) < n_clusters
     if eligible and scores["head"] >= scores[reference_name]:
-        return FinalChoice(head_labels, "head", scores)
-    return FinalChoice(pca_labels, reference_name, scores)
+        return FinalChoice(head_labels, "head", scores, head_clusters)
+    return FinalChoice(pca_labels, reference_name, scores, head_clusters)

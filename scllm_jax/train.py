@@ -86,12 +86,13 @@ def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | 
     terms = {"rec": reconstruction,
              "ncut": ncut_loss(latent, data.edges, data.senders, data.receivers, config.ncut_eta)}
     if network.has_text and config.use_infonce:
-        batch = jnp.arange(n_cells)
+        batch, latent_rows, text_rows = jnp.arange(n_cells), latent, data.text
         if n_cells > config.infonce_batch_size:
             # InfoNCE is O(B^2): above the batch size it is estimated on random cells.
             batch = jax.random.permutation(align_key, n_cells)[: config.infonce_batch_size]
+            latent_rows, text_rows = latent[batch], data.text[batch]
         positives = alignment_positives(config, batch, n_cells, data.senders, data.receivers, None, target_p)
-        terms["align"] = alignment_term(network, latent[batch], data.text[batch], config, positives)
+        terms["align"] = alignment_term(network, latent_rows, text_rows, config, positives)
     if target_p is not None:
         terms["kl"] = clustering_term(network, latent, data.text, target_p, config)
     return terms

@@ -153,7 +153,7 @@ def test_final_partition_never_reports_a_head_that_left_clusters_empty():
     # A collapsed head (every cell in one cluster) agrees with every neighbourhood; it must not win.
     collapsed = final_partition(np.zeros(truth.size, np.int64), cells, neighbours, cells, 5,
                                 method="neighbourhood", seed=0, n_init=10, n_neighbors=10)
-    assert collapsed.chosen == "pca_ward" and collapsed.scores["head_clusters"] == 1
+    assert collapsed.chosen == "pca_ward" and collapsed.head_clusters == 1
     assert collapsed.summary()["head_clusters"] == 1 and "neighbourhood_agreement_head" in collapsed.summary()
     assert collapsed.scores["head"] == 1.0 > collapsed.scores["pca_ward"]
     assert np.unique(collapsed.labels).size == 5
@@ -164,7 +164,7 @@ def test_final_partition_never_reports_a_head_that_left_clusters_empty():
     choice = final_partition(merged, cells, neighbours, cells, 5, method="neighbourhood", seed=0, n_init=10,
                              n_neighbors=10)
     assert choice.scores["head"] >= choice.scores["pca_ward"]
-    assert choice.chosen == "pca_ward" and choice.scores["head_clusters"] == 4
+    assert choice.chosen == "pca_ward" and choice.head_clusters == 4
 
 
 def test_weighted_ward_with_unit_weights_is_wards_linkage():
