@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--restart", action="store_true",
                        help="discard the checkpoints in --checkpoint-dir and start afresh")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--verbose", action="store_true", help="log each stage and training epoch with its time")
 
     p = sub.add_parser("cluster", help="cluster the cells of an .h5ad or X/Y .h5 file")
     p.add_argument("input", help="input .h5ad or .h5 (X cells x genes, Y labels) file")
@@ -233,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scllm-jax`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
+                        else "%(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("default", UserWarning)
     if getattr(args, "n_clusters", None) is not None and args.n_clusters < 1:
         print(f"error: --n-clusters {args.n_clusters}: give a positive number of clusters, or omit it to "

@@ -14,6 +14,8 @@ import jraph
 import numpy as np
 import scipy.sparse as sp
 
+from .parallel import on_accelerator
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,7 +24,8 @@ def knn_indices(features: np.ndarray, n_neighbors: int, *, exact_max_cells: int 
     """Indices of each cell's ``n_neighbors`` nearest other cells (Euclidean).
 
     Exact (brute force, in blocks) up to ``exact_max_cells`` cells, pynndescent
-    above, as scanpy does.
+    above, as scanpy does; above it on an accelerator, exact on the device
+    (:func:`device_knn`).
 
     Returns
     -------
@@ -33,6 +36,10 @@ def knn_indices(features: np.ndarray, n_neighbors: int, *, exact_max_cells: int 
     if n_cells < 3:
         raise ValueError(f"A graph needs at least 3 cells, got {n_cells}.")
     k = neighbour_count(n_cells, n_neighbors)
+    if n_cells > exact_max_cells and on_accelerator():
+        # On an accelerator exact search is faster than pynndescent on the host.
+        logger.info("kNN on %d cells: exact, on the %s", n_cells, jax.default_backend())
+        return _drop_self(device_knn(features, k + 1), k)
     if n_cells <= exact_max_cells:
         from sklearn.neighbors import NearestNeighbors
 
@@ -47,6 +54,63 @@ def knn_indices(features: np.ndarray, n_neighbors: int, *, exact_max_cells: int 
                           low_memory=True, n_jobs=-1)
         indices, _ = index.neighbor_graph
     return _drop_self(indices, k)
+
+
+# Cells per block of queries and of candidates in device_knn: a block's distances are 1024 x 65536 floats (256 MiB).
+_QUERY_BLOCK = 1024
+_CANDIDATE_BLOCK = 65_536
+
+
+def device_knn(features: np.ndarray, k: int, *, query_block: int = _QUERY_BLOCK,
+               candidate_block: int = _CANDIDATE_BLOCK) -> np.ndarray:
+    """Exact ``k`` nearest cells of every cell (itself included), by blocked search on the default device.
+
+    Each block of queries meets each block of candidates in one matrix
+    product (``|c|^2 - 2 q.c``, the query's own norm does not change its
+    ranking) and keeps its ``k`` best so far: memory is one block pair,
+    never N x N.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_cells, k)`` int64, nearest first.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    n_cells = features.shape[0]
+    candidate_block = min(candidate_block, n_cells)
+    query_block = min(query_block, n_cells)
+    n_candidate_blocks = -(-n_cells // candidate_block)
+    padded = np.zeros((n_candidate_blocks * candidate_block, features.shape[1]), np.float32)
+    padded[:n_cells] = features
+    candidates = jnp.asarray(padded).reshape(n_candidate_blocks, candidate_block, -1)
+    norms = jnp.sum(candidates * candidates, axis=2)
+    # Padding candidates are never chosen.
+    ids = jnp.arange(n_candidate_blocks * candidate_block).reshape(n_candidate_blocks, candidate_block)
+    norms = jnp.where(ids < n_cells, norms, jnp.inf)
+
+    @jax.jit
+    def search(queries):
+        def merge(best, block):
+            block_points, block_norms, block_ids = block
+            scores = block_norms[None, :] - 2.0 * jnp.matmul(queries, block_points.T,
+                                                             precision=jax.lax.Precision.HIGHEST)
+            top, where = jax.lax.top_k(-scores, k)
+            merged_scores = jnp.concatenate([best[0], top], axis=1)
+            merged_ids = jnp.concatenate([best[1], block_ids[where]], axis=1)
+            keep_scores, keep = jax.lax.top_k(merged_scores, k)
+            return (keep_scores, jnp.take_along_axis(merged_ids, keep, axis=1)), None
+
+        start = (jnp.full((queries.shape[0], k), -jnp.inf), jnp.zeros((queries.shape[0], k), jnp.int32))
+        (_, best), _ = jax.lax.scan(merge, start, (candidates, norms, ids))
+        return best
+
+    out = np.empty((n_cells, k), np.int64)
+    for start in range(0, n_cells, query_block):
+        stop = min(start + query_block, n_cells)
+        queries = np.zeros((query_block, features.shape[1]), np.float32)
+        queries[:stop - start] = features[start:stop]
+        out[start:stop] = np.asarray(search(jnp.asarray(queries)))[:stop - start]
+    return out
 
 
 def neighbour_count(n_cells: int, n_neighbors: int) -> int:

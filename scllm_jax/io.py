@@ -211,7 +211,14 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        adata.write_h5ad(partial)
+        # pandas 3 gives string columns and indices a nullable string dtype, which anndata 0.12 writes only
+        # when asked to (older anndata cannot read them back, hence its default).
+        allow = getattr(ad.settings, "allow_write_nullable_strings", None)
+        if allow is False:
+            with ad.settings.override(allow_write_nullable_strings=True):
+                adata.write_h5ad(partial)
+        else:
+            adata.write_h5ad(partial)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -1,10 +1,10 @@
-"""Mini-batch, data-parallel training: memory O(N k) graph + O(N d), exact GCN.
+"""Mini-batch, data-parallel training with every batch built on the device: memory O(N k + N d), exact GCN.
 
 With the first layer's aggregation precomputed (``A X``), the 2-layer
 encoder's output for a batch ``b`` is exact from the batch's 1-hop
 neighbourhood only::
 
-    Z_b = A[b, :] (elu((A X)[nbrs] W1 + b1) W2) + b2
+    Z_b = (A[b, :] elu((A X)[nbrs] W1 + b1)) W2 + b2
 
 so a batch reads the rows of ``A X`` of its cells' neighbours (one row per
 edge of the batch's CSR row slices) and never the rest of the graph.
@@ -12,11 +12,19 @@ Per-batch losses: reconstruction and InfoNCE on the batch, the ncut
 smoothness on the batch's edges against a latent table refreshed once per
 epoch (historical embeddings; the neighbours' own latents would need the
 2-hop neighbourhood), the orthogonality on the batch, and KL against the
-target ``P`` (a cell-indexed table refreshed by a streaming pass).
+target ``P`` (a cell-indexed table refreshed by a full pass).
 
-Every per-cell table and every batch array is sharded over the mesh's
-``"data"`` axis, parameters are replicated: the same jitted step runs on
-one device, on several, and on several hosts (see :mod:`scllm_jax.parallel`).
+The graph (CSR) and the decoder target (CSR of the log expression, scaled
+as it is read, or dense rows) live on the device with the other cell
+tables. The host only draws each epoch's order of cells; a batch's edges
+and expression rows are gathered on the device, and a run of steps is one
+jitted ``lax.scan`` (:func:`make_minibatch_steps`), so the host launches a
+few programs per epoch instead of building every batch.
+
+Cell tables are sharded over the mesh's ``"data"`` axis, the graph and the
+expression CSR are replicated, parameters are replicated: the same jitted
+program runs on one device, on several, and on several hosts (see
+:mod:`scllm_jax.parallel`).
 """
 
 from __future__ import annotations
@@ -30,45 +38,56 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .config import ScllmConfig
-from .graph import row_edges
 from .losses import direction_orthogonality, reconstruction_loss, unit_rows
 from .objective import alignment_positives, alignment_term, clustering_term, total_loss
-from .parallel import agree_max, process_rows, put_global_rows, put_rows, replicated, row_sharded, to_host
+from .device_rows import CsrRows, ExpressionRows, csr_on_device, csr_row_slots, expression_on_device, scaled_rows
+from .parallel import DATA_AXIS, agree_max, process_rows, put_global_rows, put_rows, replicated, to_host
+
+# Cells per block of the full embedding pass (its edges are gathered like a batch's).
+EMBED_BLOCK_CELLS = 16_384
+# Edge and entry budgets grow in steps of this many slots per batch cell (few distinct shapes, few compilations).
+_BUDGET_STEP_PER_CELL = 4
 
 
 class Tables(NamedTuple):
-    """Cell-indexed device tables a step reads (rows sharded over ``"data"``).
+    """Everything a step reads that is indexed by cell (a pytree of device arrays).
 
     Attributes
     ----------
     aggregated_input
-        ``A X`` (padded cells x inputs).
+        ``A X`` (padded cells x inputs), rows sharded.
+    graph
+        The normalised adjacency ``D^-1/2 (A + I) D^-1/2`` (row = receiver).
+    expression
+        The decoder target (:class:`ExpressionRows`).
     text
         ``Z_text`` or ``None``.
     latent
-        Latent of every cell from the last streaming pass (ncut neighbours).
+        Latent of every cell from the last full pass (ncut neighbours).
     target_p
         Target distribution ``P`` (padded cells x K) or ``None`` (pre-training).
     """
 
     aggregated_input: jax.Array
+    graph: CsrRows
+    expression: ExpressionRows
     text: jax.Array | None
     latent: jax.Array | None
     target_p: jax.Array | None
 
 
 class Batch(NamedTuple):
-    """One mini-batch (a pytree of row-sharded arrays).
+    """One mini-batch (device arrays, built by :func:`gather_batch`).
 
     Attributes
     ----------
     cells
         ``(B,)`` global cell ids.
     target
-        ``(B, genes)`` decoder target of those cells.
+        ``(B, genes)`` decoder target of those cells (``(B, 0)`` when not needed).
     senders
         ``(E,)`` global ids of the neighbours (one per edge of the batch's rows).
     receivers
@@ -84,35 +103,46 @@ class Batch(NamedTuple):
     weights: jax.Array
 
 
+class Budgets(NamedTuple):
+    """Static sizes of a batch's padded edge and expression-entry arrays (one compilation per value)."""
+
+    edges: int
+    entries: int
+
+
 @dataclasses.dataclass
 class MinibatchData:
-    """Host-side graph and expression plus the device tables, for one process.
+    """The device tables plus what the host needs to plan batches, for one process.
 
     Attributes
     ----------
-    adjacency
-        Normalised adjacency ``D^-1/2 (A + I) D^-1/2`` as CSR (row = receiver);
-        only this process's rows are read.
-    expression
-        Decoder target: anything indexable by an array of rows giving dense
-        float32 rows (an ``np.ndarray``, or a lazily scaled CSR such as
-        :class:`~scllm_jax.preprocess.ScaledExpression`).
     tables
         Device tables (:class:`Tables`).
+    degrees
+        Entries per adjacency row (host; sizes the edge budgets).
+    row_entries
+        Stored entries per expression row (host), ``None`` for dense rows.
     n_cells
         Number of (unpadded) cells.
     mesh
         The data mesh.
     batch_size
         Cells per global batch (a multiple of the mesh size).
+    budgets
+        The largest training :class:`Budgets` planned so far (they only grow: one compilation).
+    embed_blocks
+        The full embedding pass's blocks of cells on the device and their
+        budgets (:func:`embed_plan`), made on first use.
     """
 
-    adjacency: sp.csr_matrix
-    expression: Any
     tables: Tables
+    degrees: np.ndarray
+    row_entries: np.ndarray | None
     n_cells: int
     mesh: Mesh
     batch_size: int
+    budgets: Budgets | None = None
+    embed_blocks: tuple | None = None
 
     @property
     def n_inputs(self) -> int:
@@ -120,7 +150,8 @@ class MinibatchData:
 
     @property
     def n_genes(self) -> int:
-        return self.expression.shape[1]
+        expression = self.tables.expression
+        return (expression.dense if expression.dense is not None else expression.mean).shape[-1]
 
     @property
     def text_dim(self) -> int | None:
@@ -144,24 +175,43 @@ class MinibatchData:
 
 def minibatch_data(features: np.ndarray, expression: Any, adjacency: sp.csr_matrix, text: np.ndarray | None,
                    config: ScllmConfig, mesh: Mesh) -> MinibatchData:
-    """Precompute ``A X`` on the host (sparse) and shard the cell tables over ``mesh``.
+    """Precompute ``A X`` on the host (sparse) and put the cell tables, graph and target on ``mesh``.
 
     ``features``, ``adjacency`` and ``text`` hold every cell here (one host);
-    each process keeps only its own rows on its devices.
+    each process keeps only its own rows of the sharded tables.
+
+    Parameters
+    ----------
+    features
+        Encoder input ``X`` (cells x PCs).
+    expression
+        Decoder target: a dense array, or a lazily scaled CSR
+        (:class:`~scllm_jax.preprocess.ScaledExpression`), which stays sparse on the device.
+    adjacency
+        Normalised adjacency (row = receiver).
+    text
+        ``Z_text`` or ``None``.
+    config
+        Settings (``minibatch_size``).
+    mesh
+        The data mesh.
     """
     adjacency = sp.csr_matrix(adjacency, dtype=np.float32)
     adjacency.sort_indices()
     n_cells = adjacency.shape[0]
     # Sparse A @ X: O(N k F), never an (edges x F) message array.
     aggregated = np.asarray(adjacency @ np.asarray(features, dtype=np.float32), dtype=np.float32)
-    tables = Tables(put_global_rows(aggregated, mesh),
+    tables = Tables(put_global_rows(aggregated, mesh), csr_on_device(adjacency, mesh),
+                    expression_on_device(expression, mesh),
                     None if text is None else put_global_rows(np.asarray(text, dtype=np.float32), mesh),
                     None, None)
+    row_entries = (np.diff(expression.log_expression.indptr) if hasattr(expression, "log_expression") else None)
     size = mesh.devices.size
     batch_size = -(-min(config.minibatch_size, n_cells) // size) * size
-    return MinibatchData(adjacency, expression, tables, n_cells, mesh, batch_size)
+    return MinibatchData(tables, np.diff(adjacency.indptr), row_entries, n_cells, mesh, batch_size)
 
 
+# ----------------------------------------------------------------------------- planning (host)
 def epoch_order(data: MinibatchData, seed: int, phase: int, epoch: int) -> np.ndarray:
     """This process's cells in the order of one epoch (deterministic: resumable mid-epoch)."""
     cells = data.local_cells
@@ -172,58 +222,73 @@ def epoch_order(data: MinibatchData, seed: int, phase: int, epoch: int) -> np.nd
     return np.resize(order, need)
 
 
-def make_batch(data: MinibatchData, local_cells: np.ndarray, *, with_target: bool = True) -> Batch:
-    """Gather the batch's expression rows and CSR row slices and shard them.
+def plan_budgets(data: MinibatchData, local_batches: np.ndarray, current: Budgets | None = None, *,
+                 with_target: bool = True) -> Budgets:
+    """Budgets that hold every batch of ``local_batches`` (steps x local cells), never below ``current``.
 
-    Parameters
-    ----------
-    local_cells
-        This process's share of the batch (``local_batch_size`` global ids).
-    with_target
-        Gather the decoder target; ``False`` (embedding passes) leaves it
-        empty, ``(B, 0)``, which skips densifying the expression rows.
+    Starts 10% above the mean (a random batch's edge count varies by well
+    under 1%) and rounds up in coarse steps, so one shape serves a whole
+    run; ``with_target=False`` (embedding passes) plans no expression entries.
     """
-    adjacency = data.adjacency
-    edge_ids, counts = row_edges(adjacency, local_cells)
-    offset = jax.process_index() * data.local_batch_size
-    receivers = np.repeat(np.arange(local_cells.size, dtype=np.int32) + offset, counts)
-    local_devices = jax.local_device_count()
-    # One static edge budget for almost every batch (one compilation): 10% above the mean degree
-    # (a batch's edge count varies by well under 1%); a rare larger batch rounds up to a bucket.
-    mean_degree = adjacency.nnz / adjacency.shape[0]
-    budget = -(-int(1.1 * mean_degree * local_cells.size) // local_devices) * local_devices
-    if edge_ids.size > budget:
-        bucket = max(local_devices, 4 * local_cells.size)
-        budget = -(-edge_ids.size // bucket) * bucket
-    budget = agree_max(budget)
-    pad = budget - edge_ids.size
-    senders = np.concatenate([adjacency.indices[edge_ids], np.zeros(pad, np.int64)]).astype(np.int32)
-    receivers = np.concatenate([receivers, np.full(pad, offset + local_cells.size - 1, np.int32)])
-    weights = np.concatenate([adjacency.data[edge_ids], np.zeros(pad, np.float32)]).astype(np.float32)
-    target = (np.asarray(data.expression[local_cells], dtype=np.float32) if with_target
-              else np.zeros((local_cells.size, 0), np.float32))
-    sharding = row_sharded(data.mesh)
+    local_batches = np.atleast_2d(local_batches)
+    cells = local_batches.shape[1] * jax.process_count()
+    step = _BUDGET_STEP_PER_CELL * cells
 
-    def put(local: np.ndarray) -> jax.Array:
-        shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
-        return jax.make_array_from_process_local_data(sharding, local, shape)
+    def budget(per_row: np.ndarray | None, floor: int) -> int:
+        if per_row is None:
+            return 0
+        # The global batch holds every process's share: bound it by the largest share times their number.
+        need = agree_max(int(per_row[local_batches].sum(axis=1).max())) * jax.process_count()
+        start = int(1.1 * per_row.mean() * cells) + 1
+        return max(floor, -(-max(need, start) // step) * step)
 
-    return Batch(put(local_cells.astype(np.int32)), put(target), put(senders), put(receivers), put(weights))
+    current = current or Budgets(0, 0)
+    return Budgets(budget(data.degrees, current.edges),
+                   budget(data.row_entries if with_target else None, current.entries))
 
 
-def encode_batch(network, tables: Tables, batch: Batch) -> jax.Array:
-    """Exact latent of the batch's cells from their 1-hop neighbourhood."""
-    layers = network.encoder.layers
-    n_batch = batch.cells.shape[0]
-    if len(layers) == 1:
-        return layers[0](tables.aggregated_input[batch.cells])
-    if len(layers) != 2:
-        raise NotImplementedError("Mini-batch training supports encoders with at most one hidden layer "
-                                  f"(hidden_dims of length <= 1), got {len(layers) - 1}.")
-    hidden = jax.nn.elu(layers[0](tables.aggregated_input[batch.senders]))
-    messages = (hidden @ layers[1].kernel[...]) * batch.weights[:, None]
-    return (jax.ops.segment_sum(messages, batch.receivers, num_segments=n_batch, indices_are_sorted=True)
-            + layers[1].bias[...])
+def put_batches(data: MinibatchData, local_batches: np.ndarray) -> jax.Array:
+    """``(steps, batch)`` global cell ids on the device, each batch split over the ``"data"`` axis."""
+    local_batches = np.atleast_2d(np.asarray(local_batches, dtype=np.int32))
+    sharding = NamedSharding(data.mesh, PartitionSpec(None, DATA_AXIS))
+    shape = (local_batches.shape[0], local_batches.shape[1] * jax.process_count())
+    return jax.make_array_from_process_local_data(sharding, local_batches, shape)
+
+
+# ----------------------------------------------------------------------------- batches (device)
+def gather_batch(tables: Tables, cells: jax.Array, budgets: Budgets, *, with_target: bool = True) -> Batch:
+    """The batch of ``cells``: their edges and, with ``with_target``, their dense expression rows."""
+    graph = tables.graph
+    owner, position, valid = csr_row_slots(graph.indptr, cells, budgets.edges)
+    weights = jnp.where(valid, graph.values[position], 0.0)
+    target = (scaled_rows(tables.expression, cells, budgets.entries) if with_target
+              else jnp.zeros((cells.shape[0], 0), jnp.float32))
+    return Batch(cells, target, graph.indices[position], owner, weights)
+
+
+def make_batch(data: MinibatchData, local_cells: np.ndarray, *, with_target: bool = True) -> Batch:
+    """The batch of this process's ``local_cells`` (one step's cells), gathered on the device."""
+    local_cells = np.asarray(local_cells)[None, :]
+    budgets = plan_budgets(data, local_cells, with_target=with_target)
+    cells = put_batches(data, local_cells)[0]
+    return jax.jit(gather_batch, static_argnums=2, static_argnames="with_target")(
+        data.tables, cells, budgets, with_target=with_target)
+
+
+# ----------------------------------------------------------------------------- losses and programs
+def encode_batch(network, tables: Tables, batch: Batch, projections: jax.Array | None = None) -> jax.Array:
+    """Exact latent of the batch's cells from their 1-hop neighbourhood.
+
+    ``projections``: every cell's last-layer input already projected
+    (:meth:`~scllm_jax.modules.GCNEncoder.project_all`), for passes that
+    encode every cell; then a batch only sums its neighbours' rows.
+    """
+    encoder = network.encoder
+    if projections is not None:
+        return encoder.aggregate_projected(projections, batch.cells, batch.senders, batch.receivers,
+                                           batch.weights)
+    return encoder.encode_rows(tables.aggregated_input, batch.cells, batch.senders, batch.receivers,
+                               batch.weights)
 
 
 def batch_ncut_loss(latent: jax.Array, tables: Tables, batch: Batch, eta: float) -> jax.Array:
@@ -255,56 +320,84 @@ def minibatch_loss_terms(network, tables: Tables, batch: Batch, config: ScllmCon
     return terms
 
 
-def make_minibatch_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ScllmConfig,
-                        mesh: Mesh):
-    """A jitted ``step(params, opt_state, tables, batch) -> (params, opt_state, terms)``.
+def make_minibatch_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ScllmConfig,
+                         mesh: Mesh):
+    """A jitted ``run(params, opt_state, tables, batches, budgets) -> (params, opt_state, terms)``.
 
-    Inputs arrive sharded (batch and tables by cells, parameters replicated);
-    the outputs are pinned replicated, so the compiler all-reduces the gradients.
+    ``batches`` is ``(steps, batch)`` cell ids (:func:`put_batches`); the
+    steps run in one ``lax.scan``, each gathering its batch on the device.
+    ``terms`` holds each loss term per step. Inputs arrive sharded (cells
+    split, parameters replicated); outputs are pinned replicated, so the
+    compiler all-reduces the gradients.
     """
 
-    def step(params, opt_state, tables, batch):
+    def one_step(carry, cells, tables, budgets):
+        params, opt_state = carry
+        batch = gather_batch(tables, cells, budgets)
+
         def objective(params):
             terms = minibatch_loss_terms(nnx.merge(graphdef, params), tables, batch, config)
             return total_loss(terms, config), terms
 
         grads, terms = jax.grad(objective, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, terms
+        return (optax.apply_updates(params, updates), opt_state), terms
 
-    return jax.jit(step, donate_argnums=(0, 1), out_shardings=replicated(mesh))
+    def run(params, opt_state, tables, batches, budgets):
+        (params, opt_state), terms = jax.lax.scan(lambda carry, cells: one_step(carry, cells, tables, budgets),
+                                                  (params, opt_state), batches)
+        return params, opt_state, terms
+
+    return jax.jit(run, static_argnums=4, donate_argnums=(0, 1), out_shardings=replicated(mesh))
 
 
-def make_batch_embed(graphdef: nnx.GraphDef):
-    """A jitted ``embed(params, tables, batch) -> (latent, cluster_space)`` of the batch's cells."""
+def make_full_embed(graphdef: nnx.GraphDef):
+    """A jitted ``embed(params, tables, blocks, budgets) -> (latent, cluster_space)`` of the cells in ``blocks``.
 
-    def embed(params, tables, batch):
+    Every cell's last-layer input is projected once (cells x latent), then
+    each block of cells sums its neighbours' rows: the per-edge hidden layer
+    of a training batch is not recomputed for every edge.
+    """
+
+    def embed(params, tables, blocks, budgets):
         network = nnx.merge(graphdef, params)
-        latent = encode_batch(network, tables, batch)
-        text = None if tables.text is None else tables.text[batch.cells]
-        return latent, network.cluster_space(latent, text)
+        projections = network.encoder.project_all(tables.aggregated_input)
 
-    return jax.jit(embed)
+        def block(cells):
+            batch = gather_batch(tables, cells, budgets, with_target=False)
+            latent = encode_batch(network, tables, batch, projections)
+            text = None if tables.text is None else tables.text[cells]
+            return latent, network.cluster_space(latent, text)
+
+        latent, space = jax.lax.map(block, blocks)
+        return latent.reshape(-1, latent.shape[-1]), space.reshape(-1, space.shape[-1])
+
+    return jax.jit(embed, static_argnums=3)
 
 
-def stream_embed(embed, params, data: MinibatchData) -> tuple[np.ndarray, np.ndarray]:
-    """``(latent, cluster_space)`` of every cell, batch by batch (host arrays, all processes)."""
-    cells = data.local_cells
-    need = -(-max(cells.size, 1) // data.local_batch_size) * data.local_batch_size
-    # Every process runs the same number of batches (collectives), padding by repetition.
-    n_batches = agree_max(need // data.local_batch_size)
-    order = np.resize(cells, n_batches * data.local_batch_size)
-    latent = embedding = None
-    for i in range(n_batches):
-        rows = order[i * data.local_batch_size:(i + 1) * data.local_batch_size]
-        batch = make_batch(data, rows, with_target=False)
-        z, e = embed(params, data.tables, batch)
-        ids, z, e = to_host(batch.cells), to_host(z), to_host(e)
-        if latent is None:
-            latent = np.zeros((data.n_cells, z.shape[1]), np.float32)
-            embedding = np.zeros((data.n_cells, e.shape[1]), np.float32)
-        latent[ids], embedding[ids] = z, e
-    return latent, embedding
+def embed_plan(data: MinibatchData) -> tuple[jax.Array, Budgets]:
+    """Blocks of every cell for the full embedding pass, on the device, and their budgets (made once per data)."""
+    if data.embed_blocks is None:
+        cells = data.local_cells
+        size = min(EMBED_BLOCK_CELLS, -(-max(cells.size, 1) // data.local_batch_size) * data.local_batch_size)
+        size = -(-size // jax.local_device_count()) * jax.local_device_count()
+        # Every process runs the same number of blocks (collectives), padding by repetition.
+        n_blocks = agree_max(-(-max(cells.size, 1) // size))
+        blocks = np.resize(cells, n_blocks * size).reshape(n_blocks, size)
+        data.embed_blocks = (put_batches(data, blocks), plan_budgets(data, blocks, with_target=False))
+    return data.embed_blocks
+
+
+def embed_all(embed, params, data: MinibatchData) -> tuple[np.ndarray, np.ndarray]:
+    """``(latent, cluster_space)`` of every cell (host arrays, on every process)."""
+    placed, budgets = embed_plan(data)
+    # Only the tables the pass reads: the refreshed latent and P would change the pytree and recompile it.
+    latent, space = embed(params, data.tables._replace(latent=None, target_p=None), placed, budgets)
+    ids, latent, space = to_host(placed).reshape(-1), to_host(latent), to_host(space)
+    out_latent = np.zeros((data.n_cells, latent.shape[1]), np.float32)
+    out_space = np.zeros((data.n_cells, space.shape[1]), np.float32)
+    out_latent[ids], out_space[ids] = latent, space
+    return out_latent, out_space
 
 
 def with_table(data: MinibatchData, **tables: np.ndarray | None) -> MinibatchData:
@@ -314,6 +407,7 @@ def with_table(data: MinibatchData, **tables: np.ndarray | None) -> MinibatchDat
     return dataclasses.replace(data, tables=data.tables._replace(**placed))
 
 
-__all__ = ["Batch", "MinibatchData", "Tables", "batch_ncut_loss", "encode_batch", "epoch_order", "make_batch",
-           "make_batch_embed", "make_minibatch_step", "minibatch_data", "minibatch_loss_terms", "put_rows",
-           "stream_embed", "with_table"]
+__all__ = ["Batch", "Budgets", "MinibatchData", "Tables", "batch_ncut_loss",
+           "embed_all", "embed_plan", "encode_batch", "epoch_order", "gather_batch", "make_batch",
+           "make_full_embed", "make_minibatch_steps", "minibatch_data", "minibatch_loss_terms", "plan_budgets",
+           "put_batches", "put_rows", "with_table"]

@@ -30,6 +30,51 @@ class GCNEncoder(nnx.Module):
             hidden = propagate(edges, senders, receivers, hidden @ layer.kernel[...]) + layer.bias[...]
         return hidden
 
+    def _check_rowwise(self) -> None:
+        if len(self.layers) > 2:
+            raise NotImplementedError("Row-wise (mini-batch) encoding is exact from 1-hop neighbourhoods, so it "
+                                      "supports at most one hidden layer (hidden_dims of length <= 1), got "
+                                      f"{len(self.layers) - 1}.")
+
+    def encode_rows(self, aggregated_input: jax.Array, cells: jax.Array, senders: jax.Array,
+                    receivers: jax.Array, weights: jax.Array) -> jax.Array:
+        """Exact latent of ``cells`` from their 1-hop edges (what a mini-batch needs).
+
+        Parameters
+        ----------
+        aggregated_input
+            ``A X`` of every cell.
+        cells
+            ``(B,)`` cell ids.
+        senders, receivers, weights
+            The edges of the cells' adjacency rows: neighbour ids, position
+            in ``cells`` (sorted), normalised weights (0 on padding).
+        """
+        self._check_rowwise()
+        if len(self.layers) == 1:
+            return self.layers[0](aggregated_input[cells])
+        hidden = jax.nn.elu(self.layers[0](aggregated_input[senders]))
+        # Sum the neighbours' hidden rows, then project: (A H) W = A (H W), one matmul per cell, not per edge.
+        summed = jax.ops.segment_sum(hidden * weights[:, None], receivers, num_segments=cells.shape[0],
+                                     indices_are_sorted=True)
+        return self.layers[1](summed)
+
+    def project_all(self, aggregated_input: jax.Array) -> jax.Array:
+        """Every cell's last-layer input projected, ``elu((A X) W1 + b1) W2`` (the input itself for one layer)."""
+        self._check_rowwise()
+        if len(self.layers) == 1:
+            return self.layers[0](aggregated_input)
+        return jax.nn.elu(self.layers[0](aggregated_input)) @ self.layers[1].kernel[...]
+
+    def aggregate_projected(self, projections: jax.Array, cells: jax.Array, senders: jax.Array,
+                            receivers: jax.Array, weights: jax.Array) -> jax.Array:
+        """Latent of ``cells`` from :meth:`project_all`'s rows and the cells' edges (as :meth:`encode_rows`)."""
+        if len(self.layers) == 1:
+            return projections[cells]
+        summed = jax.ops.segment_sum(projections[senders] * weights[:, None], receivers,
+                                     num_segments=cells.shape[0], indices_are_sorted=True)
+        return summed + self.layers[1].bias[...]
+
 
 class MLP(nnx.Module):
     """Dense layers with ELU between them, linear output."""

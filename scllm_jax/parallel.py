@@ -87,6 +87,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     return True
 
 
+def on_accelerator() -> bool:
+    """Whether JAX's default device is an accelerator (then the atlas-scale stages before training run on it)."""
+    return jax.default_backend() != "cpu"
+
+
 def data_mesh(devices: list | None = None) -> Mesh:
     """A 1-D mesh over ``devices`` (default: every device of every process) with axis ``"data"``."""
     devices = jax.devices() if devices is None else devices

@@ -15,15 +15,18 @@ from __future__ import annotations
 import dataclasses
 
 import anndata as ad
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from .config import ScllmConfig
+from .device_rows import SCALE_CLIP as _SCALE_CLIP
+from .parallel import on_accelerator
 from .validation import (VALUE_KINDS, CheckedExpression, InputError, check_expression, choose_layer, matrix_of,
                          row_chunks, where)
 
-_SCALE_CLIP = 10.0
 #: Cells read from a backed file at a time (memory: this many rows of the sparse matrix).
 _CHUNK_CELLS = 20_000
 
@@ -94,6 +97,66 @@ class ScaledExpression:
         """``(start, dense rows)`` in consecutive blocks of ``size`` cells."""
         for start in range(0, self.shape[0], size):
             yield start, self[np.arange(start, min(start + size, self.shape[0]))]
+
+
+class _DeviceBlocks:
+    """The scaled expression's moments and projection computed on the device, block of cells by block.
+
+    The same sums as the host loop of :meth:`Preprocessor._fit_in_blocks`,
+    in float32 on the device (rows densified there from the CSR,
+    :func:`~scllm_jax.device_rows.scaled_rows`).
+    """
+
+    block = 16_384
+
+    def __init__(self, expression: ScaledExpression):
+        from .device_rows import expression_on_device
+
+        n_cells = expression.shape[0]
+        self.n_cells, self.rows = n_cells, expression_on_device(expression)
+        n_blocks = -(-n_cells // self.block)
+        ids = np.minimum(np.arange(n_blocks * self.block), n_cells - 1).reshape(n_blocks, self.block)
+        entries = np.diff(expression.log_expression.indptr)[ids].sum(axis=1).max()
+        step = 4 * self.block
+        self.budget = int(-(-max(int(entries), 1) // step) * step)
+        self.ids = jnp.asarray(ids, dtype=jnp.int32)
+        # Padding rows (repeats of the last cell) count for nothing.
+        self.weights = jnp.asarray((np.arange(n_blocks * self.block) < n_cells).reshape(n_blocks, self.block),
+                                   dtype=jnp.float32)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Column sums and Gram matrix of the scaled expression (float64 on the host)."""
+        from .device_rows import scaled_rows
+
+        @jax.jit
+        def run(rows, ids, weights):
+            def add(carry, block):
+                cells, weight = block
+                scaled = scaled_rows(rows, cells, self.budget) * weight[:, None]
+                gram = jnp.matmul(scaled.T, scaled, precision=jax.lax.Precision.HIGHEST)
+                return (carry[0] + scaled.sum(axis=0), carry[1] + gram), None
+
+            genes = rows.mean.shape[0]
+            start = (jnp.zeros(genes, jnp.float32), jnp.zeros((genes, genes), jnp.float32))
+            return jax.lax.scan(add, start, (ids, weights))[0]
+
+        total, gram = run(self.rows, self.ids, self.weights)
+        return np.asarray(total, np.float64), np.asarray(gram, np.float64)
+
+    def project(self, pca_mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+        """``(scaled - pca_mean) @ components.T`` of every cell (host float32)."""
+        from .device_rows import scaled_rows
+
+        @jax.jit
+        def run(rows, ids, centre, loadings):
+            def one(cells):
+                return jnp.matmul(scaled_rows(rows, cells, self.budget) - centre, loadings.T,
+                                  precision=jax.lax.Precision.HIGHEST)
+
+            return jax.lax.map(one, ids).reshape(-1, loadings.shape[0])
+
+        out = run(self.rows, self.ids, jnp.asarray(pca_mean, jnp.float32), jnp.asarray(components, jnp.float32))
+        return np.asarray(out[:self.n_cells], np.float32)
 
 
 def _log_normalise(matrix, kind: str, target_sum: float, log_base: float | None = None) -> sp.csr_matrix:
@@ -316,11 +379,17 @@ class Preprocessor:
         std = np.sqrt(np.maximum(mean_sq - mean ** 2, 0.0))
         std[std == 0] = 1.0
         expression = ScaledExpression(log_hvg, mean.astype(np.float32), std.astype(np.float32))
-        total = np.zeros(n_genes)
-        gram = np.zeros((n_genes, n_genes))
-        for _, block in expression.blocks():
-            total += block.sum(axis=0, dtype=np.float64)
-            gram += (block.T @ block).astype(np.float64)
+        on_device = on_accelerator()
+        if on_device:
+            # An accelerator densifies and multiplies the blocks itself; the host only ships the CSR once.
+            blocks = _DeviceBlocks(expression)
+            total, gram = blocks.moments()
+        else:
+            total = np.zeros(n_genes)
+            gram = np.zeros((n_genes, n_genes))
+            for _, block in expression.blocks():
+                total += block.sum(axis=0, dtype=np.float64)
+                gram += (block.T @ block).astype(np.float64)
         centre = total / n_cells
         covariance = gram / n_cells - np.outer(centre, centre)
         n_pcs = min(config.n_pcs, n_cells - 1, n_genes - 1)
@@ -330,9 +399,12 @@ class Preprocessor:
         signs = np.sign(components[np.arange(n_pcs), np.argmax(np.abs(components), axis=1)])
         components = components * signs[:, None]
         state = cls._fitted(checked, gene_names, hvg, config, expression.mean, expression.std, centre, components)
-        pca = np.empty((n_cells, n_pcs), np.float32)
-        for start, block in expression.blocks():
-            pca[start:start + block.shape[0]] = state._project(block)
+        if on_device:
+            pca = blocks.project(state.pca_mean, state.pca_components)
+        else:
+            pca = np.empty((n_cells, n_pcs), np.float32)
+            for start, block in expression.blocks():
+                pca[start:start + block.shape[0]] = state._project(block)
         return state, PreparedData(log_hvg, state.hvg_names, expression, pca)
 
     def transform(self, adata: ad.AnnData, *, layer: str | None = None) -> PreparedData:

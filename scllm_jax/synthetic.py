@@ -67,9 +67,19 @@ def go_programmes(n_programmes: int, size: int, seed: int = 0) -> tuple[tuple[st
                      f"found, {n_programmes} were asked for; ask for fewer types or fewer markers per type.")
 
 
+def _count_block(means: np.ndarray, rows: np.ndarray, seed: int, start: int, dispersion: float) -> sp.csr_matrix:
+    """Counts of one block of cells of types ``rows`` (its own generator: blocks are independent)."""
+    block_rng = np.random.default_rng([seed, start])
+    library = np.exp(block_rng.normal(0.0, 0.35, rows.size)).astype(np.float32)
+    mu = means[rows] * library[:, None]
+    # Gamma-Poisson mixture = negative binomial; float32 gamma is the fast path.
+    rate = block_rng.standard_gamma(np.float32(dispersion), mu.shape, dtype=np.float32) * (mu / dispersion)
+    return sp.csr_matrix(block_rng.poisson(rate).astype(np.float32))
+
+
 def synthetic_atlas(n_cells: int, n_genes: int = 2000, n_types: int = 20, *, seed: int = 0,
                     markers_per_type: int = 40, dispersion: float = 2.0, block_size: int = 20_000,
-                    programmes: str = "random", marker_log_fold: float = 1.8) -> ad.AnnData:
+                    programmes: str = "random", marker_log_fold: float = 1.8, n_jobs: int = 1) -> ad.AnnData:
     """Raw counts of ``n_cells`` cells from ``n_types`` cell-type programmes.
 
     Each gene has a base mean (log-normal, most genes low); each type
@@ -103,6 +113,8 @@ def synthetic_atlas(n_cells: int, n_genes: int = 2000, n_types: int = 20, *, see
     marker_log_fold
         Mean natural-log fold change of the up-regulated genes (sd 0.6);
         smaller values make types harder to tell apart from expression alone.
+    n_jobs
+        Processes that generate blocks at once (the counts do not depend on it).
 
     Returns
     -------
@@ -136,16 +148,17 @@ def synthetic_atlas(n_cells: int, n_genes: int = 2000, n_types: int = 20, *, see
     means = (base * np.exp(log_fold)).astype(np.float32)
     proportions = rng.dirichlet(np.full(n_types, 3.0))
     labels = rng.choice(n_types, n_cells, p=proportions)
-    blocks = []
-    for start in range(0, n_cells, block_size):
-        block_rng = np.random.default_rng([seed, start])
-        rows = labels[start:start + block_size]
-        library = np.exp(block_rng.normal(0.0, 0.35, rows.size)).astype(np.float32)
-        mu = means[rows] * library[:, None]
-        # Gamma-Poisson mixture = negative binomial; float32 gamma is the fast path.
-        rate = block_rng.standard_gamma(np.float32(dispersion), mu.shape, dtype=np.float32) * (mu / dispersion)
-        blocks.append(sp.csr_matrix(block_rng.poisson(rate).astype(np.float32)))
-        del mu, rate
+    starts = range(0, n_cells, block_size)
+    jobs = [(means, labels[start:start + block_size], seed, start, dispersion) for start in starts]
+    if n_jobs > 1 and len(jobs) > 1:
+        # Each block has its own generator ([seed, start]): the same counts whatever the number of processes.
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) as pool:
+            blocks = list(pool.map(_count_block, *zip(*jobs)))
+    else:
+        blocks = [_count_block(*job) for job in jobs]
     counts = sp.vstack(blocks, format="csr", dtype=np.float32)
     obs = pd.DataFrame({"cell_type": pd.Categorical([f"type_{k:02d}" for k in labels])},
                        index=[f"cell_{i}" for i in range(n_cells)])

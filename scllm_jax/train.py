@@ -172,11 +172,18 @@ class FitResult:
 
 def _record(history: dict[str, list], terms: dict[str, jax.Array], config: ScllmConfig, *,
             lazy: bool = False) -> None:
-    # lazy: keep device scalars, so the host does not wait for every step (it builds the next batch meanwhile).
+    # lazy: keep device values (per step of a run of steps), so the host does not wait for the device.
     values = dict(terms)
     values["total"] = total_loss(terms, config)
     for name, value in values.items():
-        history.setdefault(name, []).append(value if lazy else float(value))
+        # Not lazy: one value per epoch (the mean over the epoch's steps when a program ran several).
+        history.setdefault(name, []).append(value if lazy else float(np.mean(np.asarray(value))))
+
+
+def _step_values(values: list) -> np.ndarray:
+    """One value per step from what :func:`_record` kept (scalars, or per-step arrays of a run of steps)."""
+    return np.concatenate([np.atleast_1d(np.asarray(value, dtype=np.float64)) for value in values]) if values \
+        else np.zeros(0)
 
 
 def _latent_kmeans(embedding: np.ndarray, n_clusters: int, config: ScllmConfig) -> InitialPartition:
@@ -216,7 +223,7 @@ class _FullBatch:
     def place(self, params):
         return params
 
-    def step(self, params, opt_state, target_p, key, phase, epoch, index):
+    def run_steps(self, params, opt_state, target_p, key, phase, epoch, index, n_steps):
         return self._step(params, opt_state, self.data, target_p, key)
 
     def embed_all(self, params):
@@ -245,37 +252,38 @@ class _MiniBatch:
         self.data, self.config = data, config
         self._latent = self._embedding = None
         self.steps_per_epoch = data.steps_per_epoch
+        self._order_key = self._order = None
 
     def dims(self) -> tuple[int, int, int | None]:
         return self.data.n_inputs, self.data.n_genes, self.data.text_dim
 
     def compile(self, graphdef, optimizer) -> None:
-        from .minibatch import make_batch_embed, make_minibatch_step
+        from .minibatch import make_full_embed, make_minibatch_steps
 
-        self._step = make_minibatch_step(graphdef, optimizer, self.config, self.data.mesh)
-        self._embed = make_batch_embed(graphdef)
+        self._steps = make_minibatch_steps(graphdef, optimizer, self.config, self.data.mesh)
+        self._embed = make_full_embed(graphdef)
 
     def place(self, params):
         from .parallel import replicated
 
         return jax.device_put(params, replicated(self.data.mesh))
 
-    def step(self, params, opt_state, target_p, key, phase, epoch, index):
-        from .minibatch import epoch_order, make_batch
+    def run_steps(self, params, opt_state, target_p, key, phase, epoch, index, n_steps):
+        from .minibatch import epoch_order, plan_budgets, put_batches
 
-        if self._order_key != (phase, epoch):
-            self._order = epoch_order(self.data, self.config.seed, phase, epoch)
-            self._order_key = (phase, epoch)
         size = self.data.local_batch_size
-        batch = make_batch(self.data, self._order[index * size:(index + 1) * size])
-        return self._step(params, opt_state, self.data.tables, batch)
-
-    _order_key = None
+        if self._order_key != (phase, epoch):
+            order = epoch_order(self.data, self.config.seed, phase, epoch).reshape(-1, size)
+            # The whole epoch's order goes to the device once; a run of steps reads its rows there.
+            self._order, self._order_key = put_batches(self.data, order), (phase, epoch)
+            self.data.budgets = plan_budgets(self.data, order, self.data.budgets)
+        batches = self._order[index:index + n_steps]
+        return self._steps(params, opt_state, self.data.tables, batches, self.data.budgets)
 
     def embed_all(self, params):
-        from .minibatch import stream_embed
+        from .minibatch import embed_all
 
-        return stream_embed(self._embed, params, self.data)
+        return embed_all(self._embed, params, self.data)
 
     def begin_epoch(self, params) -> None:
         from .minibatch import with_table
@@ -339,7 +347,7 @@ class _Run:
                 "latent": tables.get("latent", empty), "embedding": tables.get("embedding", empty)}
 
     def save(self) -> None:
-        partial = {name: [float(value) for value in values] for name, values in self.partial.items()}
+        partial = {name: [float(value) for value in _step_values(values)] for name, values in self.partial.items()}
         meta = {"phase": self.phase, "epoch": self.epoch, "index": self.index, "global_step": self.global_step,
                 "history": self.history, "partial": partial, "epochs_run": self.epochs_run,
                 "shapes": {name: list(np.shape(value)) for name, value in self._arrays().items()
@@ -389,27 +397,33 @@ class _Run:
                     self.previous_labels = labels
             epoch = self.epoch
             while self.epoch == epoch:
+                # One program runs the steps up to the epoch's end or the next checkpoint.
+                n_steps = engine.steps_per_epoch - self.index
+                if self.checkpointer is not None:
+                    n_steps = min(n_steps, config.checkpoint_every - self.global_step % config.checkpoint_every)
                 self.key, subkey = jax.random.split(self.key)
-                self.params, self.opt_state, terms = engine.step(self.params, self.opt_state, self.target_p, subkey,
-                                                                 _PHASES[self.phase], self.epoch, self.index)
+                self.params, self.opt_state, terms = engine.run_steps(
+                    self.params, self.opt_state, self.target_p, subkey, _PHASES[self.phase], self.epoch,
+                    self.index, n_steps)
                 if engine.steps_per_epoch == 1:
                     _record(self.history, terms, config)
                 else:
                     _record(self.partial, terms, config, lazy=True)
-                self.index += 1
-                self.global_step += 1
+                self.index += n_steps
+                self.global_step += n_steps
                 if self.index == engine.steps_per_epoch:
                     self._end_epoch()
                 if self.checkpointer is not None and self.global_step % config.checkpoint_every == 0:
                     self.save()
                 if on_step is not None:
-                    on_step(self.global_step)
+                    for step in range(self.global_step - n_steps + 1, self.global_step + 1):
+                        on_step(step)
             bar.update(1)
         bar.close()
 
     def _end_epoch(self) -> None:
         for name, values in self.partial.items():
-            self.history.setdefault(name, []).append(float(np.mean([float(value) for value in values])))
+            self.history.setdefault(name, []).append(float(np.mean(_step_values(values))))
         self.partial = {}
         self.epoch, self.index = self.epoch + 1, 0
         self.epochs_run += 1
@@ -461,7 +475,7 @@ def _pretrain_run(engine, config: ScllmConfig, checkpointer, *, progress: bool, 
     graphdef, params = nnx.split(build_network(*engine.dims(), 1, config), nnx.Param)
     optimizer = optax.adam(config.learning_rate)
     params = engine.place(params)
-    opt_state = optimizer.init(params)
+    opt_state = engine.place(optimizer.init(params))
     engine.compile(graphdef, optimizer)
     run = _Run(engine, config, "pretrain", graphdef, params, opt_state, jax.random.key(config.seed), checkpointer,
                0, {})
@@ -503,7 +517,7 @@ def _cluster_run(engine, config: ScllmConfig, graphdef, params, n_clusters: int,
         dim = params["centres"][...].shape[1]
         params["centres"] = nnx.Param(jnp.zeros((n_clusters, dim), jnp.float32))
     params = engine.place(params)
-    opt_state = optimizer.init(params)
+    opt_state = engine.place(optimizer.init(params))
     run = _Run(engine, config, "cluster", graphdef, params, opt_state, jax.random.key(config.seed + 1),
                checkpointer, global_step, extra_meta)
     if resume is not None:
@@ -552,7 +566,8 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, 
     progress
         Show progress bars.
     on_step
-        ``f(global_step)`` after every optimiser step (monitoring, tests).
+        ``f(global_step)`` for every optimiser step, called once the run of
+        steps holding it has finished (monitoring, tests).
     fingerprint
         What identifies the data of this run (e.g. a digest of the values and
         the preprocessing); with the configuration, K and the network's

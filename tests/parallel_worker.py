@@ -43,7 +43,8 @@ def main() -> None:
 
     from scllm_jax.config import ScllmConfig
     from scllm_jax.graph import knn_indices, normalized_adjacency
-    from scllm_jax.minibatch import epoch_order, make_batch, make_minibatch_step, minibatch_data, with_table
+    from scllm_jax.minibatch import (epoch_order, make_minibatch_steps, minibatch_data, plan_budgets, put_batches,
+                                     with_table)
     from scllm_jax.modules import ScllmNetwork
     from scllm_jax.parallel import data_mesh, replicated
 
@@ -69,7 +70,7 @@ def main() -> None:
     optimizer = optax.adam(1e-2)
     params = jax.device_put(params, replicated(mesh))
     opt_state = optimizer.init(params)
-    step = make_minibatch_step(graphdef, optimizer, config, mesh)
+    run_steps = make_minibatch_steps(graphdef, optimizer, config, mesh)
     order = epoch_order(data, 0, 0, 0)
     losses = []
     size = data.local_batch_size
@@ -77,8 +78,10 @@ def main() -> None:
         rows = order[(i % data.steps_per_epoch) * size:][:size]
         if args.batches_of_processes > 1:
             rows = batch_of_processes(data, i, args.batches_of_processes)
-        params, opt_state, terms = step(params, opt_state, data.tables, make_batch(data, rows))
-        losses.append([float(terms[name]) for name in sorted(terms)])
+        rows = np.asarray(rows)[None, :]
+        budgets = plan_budgets(data, rows)
+        params, opt_state, terms = run_steps(params, opt_state, data.tables, put_batches(data, rows), budgets)
+        losses.append([float(terms[name][0]) for name in sorted(terms)])
     leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
     np.savez(args.out, losses=np.asarray(losses), n_devices=jax.device_count(),
              encoder_error=encoder_error(graphdef, params, data, pca, expression, adjacency, text),

@@ -1,0 +1,154 @@
+"""The device-resident engine: batches gathered on the device equal the host's CSR rows, one batch of every
+cell gives the full graph's losses and gradients, the full embedding pass equals the full-graph encoder, and
+the on-device stages before training (kNN, moments and projection of the scaled expression) equal the host's."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from flax import nnx
+
+from scllm_jax.config import ScllmConfig
+from scllm_jax.device_rows import csr_on_device, csr_row_slots, expression_on_device, scaled_rows
+from scllm_jax.graph import device_knn, graph_from_adjacency, knn_indices, normalized_adjacency
+from scllm_jax.minibatch import (embed_all, gather_batch, make_full_embed, minibatch_data, minibatch_loss_terms,
+                                 plan_budgets, put_batches, with_table)
+from scllm_jax.modules import ScllmNetwork
+from scllm_jax.parallel import data_mesh
+from scllm_jax.preprocess import ScaledExpression, _DeviceBlocks
+from scllm_jax.train import loss_terms, training_data
+
+
+def _cells(n_cells=160, n_pcs=8, n_genes=30, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, n_pcs)) * 3
+    pca = (centres[rng.integers(0, 4, n_cells)] + rng.normal(size=(n_cells, n_pcs))).astype(np.float32)
+    counts = sp.random(n_cells, n_genes, density=0.3, random_state=seed, format="csr", dtype=np.float32)
+    counts.data = np.log1p(counts.data * 10).astype(np.float32)
+    keep = (np.arange(n_cells) != 3).astype(np.float32)  # row 3 left empty
+    return pca, sp.csr_matrix(sp.diags(keep) @ counts, dtype=np.float32), rng
+
+
+def test_row_slots_are_the_csr_row_slices():
+    _, matrix, rng = _cells()
+    rows = rng.choice(matrix.shape[0], 40, replace=False)
+    rows[5] = 3  # the empty row
+    owner, position, valid = jax.jit(csr_row_slots, static_argnums=2)(
+        csr_on_device(matrix).indptr, jnp.asarray(rows, jnp.int32), 600)
+    owner, position, valid = map(np.asarray, (owner, position, valid))
+    expected = np.concatenate([np.arange(matrix.indptr[r], matrix.indptr[r + 1]) for r in rows])
+    np.testing.assert_array_equal(position[valid], expected)
+    np.testing.assert_array_equal(owner[valid], np.repeat(np.arange(40), np.diff(matrix.indptr)[rows]))
+    assert valid.sum() == expected.size and np.all(np.diff(owner) >= 0)
+
+
+def test_scaled_rows_equal_the_host_scaling():
+    _, matrix, rng = _cells()
+    mean = np.asarray(matrix.mean(axis=0)).ravel().astype(np.float32)
+    std = (np.asarray(matrix.power(2).mean(axis=0)).ravel() - mean ** 2).clip(1e-3) ** 0.5
+    # A tiny std makes some values clip at +-10.
+    std[0] = 1e-3
+    host = ScaledExpression(matrix, mean, std.astype(np.float32))
+    rows = rng.choice(matrix.shape[0], 50, replace=False)
+    got = jax.jit(scaled_rows, static_argnums=2)(expression_on_device(host), jnp.asarray(rows, jnp.int32), 2000)
+    np.testing.assert_allclose(np.asarray(got), host[rows], rtol=1e-6, atol=1e-6)
+    assert np.abs(host[rows]).max() == 10.0
+
+
+def _network(text_dim=None):
+    return ScllmNetwork(8, 30, text_dim, 3, hidden_dims=(16,), latent_dim=4, decoder_dims=(8,), projection_dim=4,
+                        rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("with_text", [False, True])
+def test_one_batch_of_every_cell_gives_the_full_graph_losses_and_gradients(with_text):
+    pca, matrix, rng = _cells()
+    n_cells = pca.shape[0]
+    expression = matrix.toarray()
+    text = rng.normal(size=(n_cells, 6)).astype(np.float32) if with_text else None
+    adjacency = normalized_adjacency(knn_indices(pca, 6))
+    config = ScllmConfig.tiny(minibatch_size=n_cells)
+    network = _network(6 if with_text else None)
+    network.centres[...] = rng.normal(size=network.centres[...].shape).astype(np.float32)
+    graphdef, params = nnx.split(network, nnx.Param)
+    target_p = rng.dirichlet(np.ones(3), n_cells).astype(np.float32)
+
+    full = training_data(pca, expression, graph_from_adjacency(adjacency), text)
+    latent = network.encode(full.aggregated_input, full.edges, full.senders, full.receivers)
+    data = minibatch_data(pca, expression, adjacency, text, config, data_mesh())
+    # The ncut neighbours' table holds the current latent: the batch estimate is then the full-graph term.
+    data = with_table(data, latent=np.asarray(latent), target_p=target_p)
+    cells = np.arange(n_cells)[None, :]
+    budgets = plan_budgets(data, cells)
+    batch = gather_batch(data.tables, put_batches(data, cells)[0], budgets)
+
+    def full_loss(params):
+        terms = loss_terms(nnx.merge(graphdef, params), full, jnp.asarray(target_p), jax.random.key(0), config)
+        return sum(terms.values()), terms
+
+    def batch_loss(params):
+        terms = minibatch_loss_terms(nnx.merge(graphdef, params), data.tables, batch, config)
+        return sum(terms.values()), terms
+
+    (full_total, full_terms), full_grads = jax.value_and_grad(full_loss, has_aux=True)(params)
+    (batch_total, batch_terms), batch_grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
+    assert set(full_terms) == set(batch_terms) == ({"rec", "ncut", "kl"} | ({"align"} if with_text else set()))
+    for name in full_terms:
+        np.testing.assert_allclose(float(batch_terms[name]), float(full_terms[name]), rtol=1e-5, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(batch_grads), jax.tree.leaves(full_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-6)
+    assert float(jnp.abs(jax.tree.leaves(full_grads)[0]).max()) > 0
+
+
+def test_full_embedding_pass_equals_the_full_graph_encoder():
+    pca, matrix, rng = _cells(n_cells=300)
+    adjacency = normalized_adjacency(knn_indices(pca, 6))
+    text = rng.normal(size=(300, 6)).astype(np.float32)
+    network = _network(6)
+    graphdef, params = nnx.split(network, nnx.Param)
+    full = training_data(pca, matrix.toarray(), graph_from_adjacency(adjacency), text)
+    latent = network.encode(full.aggregated_input, full.edges, full.senders, full.receivers)
+    # Batches of 64: the pass runs in several blocks, the last padded by repetition.
+    data = minibatch_data(pca, matrix.toarray(), adjacency, text, ScllmConfig.tiny(minibatch_size=64), data_mesh())
+    got_latent, got_space = embed_all(make_full_embed(graphdef), params, data)
+    np.testing.assert_allclose(got_latent, np.asarray(latent), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_space, np.asarray(network.cluster_space(latent, full.text)), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_device_knn_recalls_exact_neighbours():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 30)) * 3
+    features = (centres[rng.integers(0, 20, 3000)] + rng.normal(size=(3000, 30))).astype(np.float32)
+    # Blocks that do not divide the cells: padding queries and candidates.
+    found = device_knn(features, 16, query_block=700, candidate_block=1100)
+    _, exact = NearestNeighbors(n_neighbors=16).fit(features).kneighbors(features)
+    recall = np.mean([len(set(a) & set(b)) / 16 for a, b in zip(found, exact)])
+    assert recall >= 0.99
+    np.testing.assert_array_equal(found[:, 0], np.arange(3000))
+    assert found.max() < 3000
+
+
+def test_device_moments_and_projection_equal_the_host_loop():
+    _, matrix, _ = _cells(n_cells=500, n_genes=40)
+    mean = np.asarray(matrix.mean(axis=0)).ravel().astype(np.float32)
+    std = ((np.asarray(matrix.power(2).mean(axis=0)).ravel() - mean ** 2).clip(1e-6) ** 0.5).astype(np.float32)
+    expression = ScaledExpression(matrix, mean, std)
+    dense = expression[np.arange(500)].astype(np.float64)
+
+    class Small(_DeviceBlocks):
+        block = 128  # several blocks, the last padded
+
+    blocks = Small(expression)
+    total, gram = blocks.moments()
+    np.testing.assert_allclose(total, dense.sum(axis=0), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(gram, dense.T @ dense, rtol=1e-4, atol=1e-2)
+    components = np.linalg.qr(np.random.default_rng(0).normal(size=(40, 5)))[0].T.astype(np.float32)
+    centre = dense.mean(axis=0).astype(np.float32)
+    np.testing.assert_allclose(blocks.project(centre, components), (dense - centre) @ components.T, rtol=1e-4,
+                               atol=1e-4)
