@@ -178,7 +178,9 @@ def cmd_embed(args) -> None:
         raise ValueError(f"No semantic view for {args.input}: {view.info['reason']}")
     adata.obsm["X_scllm_text"] = view.cell_embeddings
     out = Path(args.out or Path(args.input).with_suffix(".text.h5ad"))
-    adata.write_h5ad(out)
+    from .io import write_h5ad
+
+    write_h5ad(adata, out)
     print(f"{view.info['summary']}\nwrote {out} (obsm['X_scllm_text'], {view.cell_embeddings.shape[1]} dims)")
 
 

@@ -36,3 +36,19 @@ def test_read_h5ad_roundtrip(tmp_path, baron_small):
     path = tmp_path / "x.h5ad"
     baron_small.write_h5ad(path)
     assert sj.read(path).shape == baron_small.shape
+
+
+def test_write_h5ad_keeps_nullable_string_columns(tmp_path):
+    """pandas 3 makes string indices and columns nullable strings, which anndata 0.12 writes only on request:
+    the output is written (and reads back) rather than failing at the end of a long fit."""
+    import anndata as ad
+    import pandas as pd
+
+    from scllm_jax.io import write_h5ad
+
+    obs = pd.DataFrame({"scllm": pd.array(["0", "1", "0"], dtype="string")},
+                       index=pd.Index(["a", "b", "c"], dtype="string"))
+    adata = ad.AnnData(np.ones((3, 2), np.float32), obs=obs)
+    path = write_h5ad(adata, tmp_path / "out.h5ad")
+    back = ad.read_h5ad(path)
+    assert list(back.obs_names) == ["a", "b", "c"] and list(back.obs["scllm"]) == ["0", "1", "0"]
