@@ -48,8 +48,11 @@ from .parallel import DATA_AXIS, agree_max, process_rows, put_global_rows, put_r
 
 # Cells per block of the full embedding pass (its edges are gathered like a batch's).
 EMBED_BLOCK_CELLS = 16_384
-# Edge and entry budgets grow in steps of this many slots per batch cell (few distinct shapes, few compilations).
-_BUDGET_STEP_PER_CELL = 4
+# Edge and entry budgets grow in steps of half a slot per batch cell: padding slots cost as much as real
+# ones (the hidden layer is computed per edge), and a batch's edge count varies by about 1%.
+_BUDGET_STEP_PER_CELL = 0.5
+# Head room above the largest batch planned so far, so later epochs rarely need a larger shape (a compilation).
+_BUDGET_MARGIN = 1.01
 
 
 class Tables(NamedTuple):
@@ -226,21 +229,22 @@ def plan_budgets(data: MinibatchData, local_batches: np.ndarray, current: Budget
                  with_target: bool = True) -> Budgets:
     """Budgets that hold every batch of ``local_batches`` (steps x local cells), never below ``current``.
 
-    Starts 10% above the mean (a random batch's edge count varies by well
-    under 1%) and rounds up in coarse steps, so one shape serves a whole
+    The largest batch plus 1% head room, rounded up to half a slot per cell:
+    a random batch's count varies by about 1%, so one shape serves a whole
     run; ``with_target=False`` (embedding passes) plans no expression entries.
     """
     local_batches = np.atleast_2d(local_batches)
     cells = local_batches.shape[1] * jax.process_count()
-    step = _BUDGET_STEP_PER_CELL * cells
+    step = max(1, int(_BUDGET_STEP_PER_CELL * cells))
 
     def budget(per_row: np.ndarray | None, floor: int) -> int:
         if per_row is None:
             return 0
         # The global batch holds every process's share: bound it by the largest share times their number.
         need = agree_max(int(per_row[local_batches].sum(axis=1).max())) * jax.process_count()
-        start = int(1.1 * per_row.mean() * cells) + 1
-        return max(floor, -(-max(need, start) // step) * step)
+        if need <= floor:
+            return floor
+        return -(-int(_BUDGET_MARGIN * need + 1) // step) * step
 
     current = current or Budgets(0, 0)
     return Budgets(budget(data.degrees, current.edges),
