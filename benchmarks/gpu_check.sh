@@ -1,17 +1,73 @@
 #!/usr/bin/env bash
-# The GPU checks of the atlas-scale issue, as one script for a lent GPU machine.
-# Installs the few wheels the GPU image lacks (prepared in .whl/), then writes to $OUT:
-#   aggregation_gpu.tsv  achieved bandwidth of A X at 1M and 2M cells (256 features)
-#   scaling_gpu.tsv      the scaling benchmark (same script as on CPU) at $SIZES cells (default 1M)
+# The GPU checks of the device-engine issue, as one script for a lent GPU machine (one call, 5 to 8 minutes).
+# Installs the wheels the GPU image lacks (prepared in .whl/, see benchmarks/README.md), then writes to $OUT:
+#   gpu.txt              the card and JAX
+#   cluster_1m.log       the whole `scllm-jax cluster` on a $CELLS-cell .h5ad, default settings (--verbose)
+#   knn_recall.txt       on-device exact kNN vs brute force on the host (2,000 sampled queries); SKIP_RECALL=1 skips
+#   scaling_gpu.tsv      scaling.py at $SIZES cells (default $CELLS; 5 + 5 epochs as the earlier GPU rows), only
+#                        when the call has time left (SCALING_START_BY seconds, default 330)
+# Try it on CPU first: NO_WHEELS=1 PY=.venv/bin/python CELLS=20000 OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:.
+CELLS=${CELLS:-1000000}
+PY=${PY:-python3}
+[ -d .whl ] && [ -z "${NO_WHEELS:-}" ] && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1
+JOBS=$(nproc)
+export CELLS
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import jax, scllm_jax; print(jax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/gpu.txt"
-timeout 120 python3 benchmarks/aggregation_bandwidth.py --cells 1000000 2000000 --out "$OUT/aggregation_gpu.tsv" 2>&1 | tail -5
-for n in ${SIZES:-1000000}; do
-  timeout ${SIZE_TIMEOUT:-400} python3 benchmarks/scaling.py --sizes "$n" --device-label "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
-    --out "$OUT/scaling_gpu.tsv" > "$OUT/scaling_$n.log" 2>&1; tail -5 "$OUT/scaling_$n.log"
+$PY -c "import jax, scllm_jax; print(jax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/gpu.txt"
+LABEL=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+
+# 1. The 1M-cell atlas as a user would hand it over (.h5ad), generated in parallel.
+seconds_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )) | sed -E 's/(...)$/.\1/'; }
+start=$(date +%s%N)
+timeout 200 $PY benchmarks/scaling.py --sizes "$CELLS" --generate-jobs "$JOBS" --write-atlas /tmp/atlas_$CELLS.h5ad
+echo "wrote /tmp/atlas_$CELLS.h5ad in $(seconds_since "$start") s" | tee -a "$OUT/gpu.txt"
+
+# 2. The whole command, default settings, timed from the shell.
+start=$(date +%s%N)
+timeout 300 $PY -m scllm_jax.cli cluster /tmp/atlas_$CELLS.h5ad --out /tmp/clustered.h5ad --n-clusters 20 \
+  --seed 0 --label-key cell_type --verbose --quiet > "$OUT/cluster_1m.log" 2>&1
+status=$?
+echo "scllm-jax cluster, $CELLS cells: exit $status, $(seconds_since "$start") s wall" | tee -a "$OUT/cluster_1m.log"
+grep -E "epoch|preprocessed|graph and|kNN|ARI|clusters:" "$OUT/cluster_1m.log" | tail -60
+
+# 3. kNN recall of the on-device search against brute force (host, float64) for 2,000 sampled cells.
+[ -z "${SKIP_RECALL:-}" ] && timeout 120 $PY - <<'EOF' 2>&1 | tee "$OUT/knn_recall.txt"
+import os
+import time
+import anndata as ad
+import numpy as np
+from scllm_jax.config import ScllmConfig
+from scllm_jax.graph import device_knn
+from scllm_jax.preprocess import Preprocessor
+
+adata = ad.read_h5ad(f"/tmp/atlas_{os.environ['CELLS']}.h5ad")
+start = time.perf_counter()
+_, prepared = Preprocessor.fit(adata, ScllmConfig())
+print(f"preprocess (device moments and projection) {time.perf_counter() - start:.1f} s")
+pca = prepared.pca
+start = time.perf_counter()
+found = device_knn(pca, 16)
+print(f"device_knn 1M x 16: {time.perf_counter() - start:.1f} s")
+rng = np.random.default_rng(0)
+queries = rng.choice(pca.shape[0], 2000, replace=False)
+x = pca.astype(np.float64)
+norms = (x * x).sum(axis=1)
+hits = 0
+for chunk in np.array_split(queries, 20):
+    distances = norms[None, :] - 2 * x[chunk] @ x.T
+    exact = np.argpartition(distances, 16, axis=1)[:, :16]
+    hits += sum(len(set(e) & set(found[q])) for e, q in zip(exact, chunk))
+print(f"recall@16 vs exact, 2000 queries: {hits / (2000 * 16):.4f}")
+EOF
+
+# 4. The scaling rows (same settings as the earlier GPU rows: 5 + 5 epochs).
+for n in ${SIZES:-$CELLS}; do
+  # Inside one device call: only when time is left.
+  [ "$SECONDS" -gt "${SCALING_START_BY:-330}" ] && { echo "skipped scaling at $n cells: $SECONDS s gone"; break; }
+  timeout $(( ${CALL_LIMIT:-550} - SECONDS )) $PY benchmarks/scaling.py --sizes "$n" --device-label "$LABEL" --generate-jobs "$JOBS" \
+    --out "$OUT/scaling_gpu.tsv" > "$OUT/scaling_$n.log" 2>&1; tail -3 "$OUT/scaling_$n.log"
 done

@@ -28,14 +28,38 @@ from tsv_rows import append_row
 
 COLUMNS = ["n_cells", "n_genes", "n_clusters", "device", "jax_devices", "mode", "semantic", "generate_s",
            "preprocess_s", "graph_s", "semantic_s", "pretrain_epochs", "cluster_epochs", "steps_per_epoch",
-           "s_per_epoch", "fit_s", "total_s", "peak_rss_gb", "ari", "nmi"]
+           "s_per_epoch", "fit_s", "total_s", "peak_rss_gb", "ari", "nmi", "steady_epoch_s"]
 
 
-def write_atlas(path: str, n_cells: int, n_genes: int, n_clusters: int, seed: int) -> None:
+class EpochTimes(logging.Handler):
+    """Collects the seconds of each mini-batch epoch from the training log ("... epoch N: S steps in T s")."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[tuple[str, int, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import re
+
+        found = re.match(r"(\w+) epoch (\d+): \d+ steps in ([\d.]+) s", record.getMessage())
+        if found:
+            self.seconds.append((found[1], int(found[2]), float(found[3])))
+
+    def steady(self) -> float:
+        """Median epoch time after each phase's first epoch (which compiles), NaN when there is none."""
+        import numpy as np
+
+        later = [t for _, epoch, t in self.seconds if epoch > 1]
+        return float(np.median(later)) if later else float("nan")
+
+
+def write_atlas(path: str, n_cells: int, n_genes: int, n_clusters: int, seed: int, n_jobs: int = 1) -> None:
     """Generate a synthetic atlas and write it to ``path`` (run in its own process)."""
     from scllm_jax.synthetic import synthetic_atlas
 
-    synthetic_atlas(n_cells, n_genes, n_clusters, seed=seed).write_h5ad(path)
+    from scllm_jax.io import write_h5ad
+
+    write_h5ad(synthetic_atlas(n_cells, n_genes, n_clusters, seed=seed, n_jobs=n_jobs), path)
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -52,6 +76,8 @@ def run_one(args: argparse.Namespace) -> dict:
     # Stage messages (the model's own log lines included) go to stderr as they happen, so a
     # run cut short by a time limit still shows how far it got.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    epoch_times = EpochTimes()
+    logging.getLogger("scllm_jax.train").addHandler(epoch_times)
     n = args.single
     start = time.perf_counter()
     if args.backed:
@@ -64,14 +90,14 @@ def run_one(args: argparse.Namespace) -> dict:
 
         path = Path(tempfile.mkdtemp()) / "atlas.h5ad"
         writer = multiprocessing.get_context("spawn").Process(
-            target=write_atlas, args=(str(path), n, args.n_genes, args.n_clusters, args.seed))
+            target=write_atlas, args=(str(path), n, args.n_genes, args.n_clusters, args.seed, args.generate_jobs))
         writer.start()
         writer.join()
         if writer.exitcode != 0:
             raise RuntimeError(f"writing the synthetic atlas failed (exit code {writer.exitcode})")
         adata = ad.read_h5ad(path, backed="r")
     else:
-        adata = synthetic_atlas(n, args.n_genes, args.n_clusters, seed=args.seed)
+        adata = synthetic_atlas(n, args.n_genes, args.n_clusters, seed=args.seed, n_jobs=args.generate_jobs)
     generate_s = time.perf_counter() - start
     logging.info("generated %d cells in %.1f s%s", n, generate_s, " (written, opened backed)" if args.backed else "")
     changes = dict(seed=args.seed, minibatch_pretrain_epochs=args.minibatch_epochs[0],
@@ -101,7 +127,43 @@ def run_one(args: argparse.Namespace) -> dict:
             # ru_maxrss is in KiB on Linux.
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3),
             "ari": round(adjusted_rand_score(truth, result.labels), 4),
-            "nmi": round(normalized_mutual_info_score(truth, result.labels), 4)}
+            "nmi": round(normalized_mutual_info_score(truth, result.labels), 4),
+            "steady_epoch_s": round(epoch_times.steady(), 4)}
+
+
+def plot(results: Path, out: Path) -> None:
+    """Seconds per epoch (steady state where measured) against cells, per device and engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for path in sorted(results.glob("scaling_*.tsv")):
+        table = pd.read_csv(path, sep="\t")
+        table = table[(table["mode"] == "minibatch") & (table["semantic"] == "off")]
+        if "engine" not in table:
+            table["engine"] = "host-built batches (before)"
+        if "steady_epoch_s" not in table:
+            table["steady_epoch_s"] = float("nan")
+        for (device, engine), rows in table.groupby(["device", "engine"]):
+            rows = rows.sort_values("n_cells").drop_duplicates("n_cells", keep="last")
+            seconds = rows["steady_epoch_s"].fillna(rows["s_per_epoch"])
+            style = "-o" if engine == "device-resident" else "--s"
+            ax.plot(rows["n_cells"], seconds, style, label=f"{device}, {engine}")
+            for n, value in zip(rows["n_cells"], seconds):
+                ax.annotate(f"{value:.2g} s", (n, value), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("cells")
+    ax.set_ylabel("seconds per epoch")
+    ax.set_title("Mini-batch epoch, 2,000 genes, K = 20\n(device-resident: steady state; before: mean with compilation)",
+                 fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -119,8 +181,21 @@ def main() -> None:
     parser.add_argument("--semantic", action="store_true", help="semantic view, path 1 only")
     parser.add_argument("--backed", action="store_true",
                         help="fit from the atlas written to .h5ad and opened backed (out-of-core input)")
+    parser.add_argument("--generate-jobs", type=int, default=1,
+                        help="processes generating the atlas (the counts do not depend on it)")
+    parser.add_argument("--write-atlas", metavar="PATH",
+                        help="only write the atlas of the first size to PATH (.h5ad) and exit")
+    parser.add_argument("--plot", action="store_true",
+                        help="only draw results/scaling.png from the results/scaling_*.tsv files")
     parser.add_argument("--single", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plot:
+        results = Path(__file__).parent / "results"
+        plot(results, results / "scaling.png")
+        return
+    if args.write_atlas:
+        write_atlas(args.write_atlas, args.sizes[0], args.n_genes, args.n_clusters, args.seed, args.generate_jobs)
+        return
     if args.single is not None:
         print(json.dumps(run_one(args)))
         return
@@ -130,7 +205,8 @@ def main() -> None:
         command = [sys.executable, __file__, "--single", str(n), "--device-label", args.device_label,
                    "--n-genes", str(args.n_genes), "--n-clusters", str(args.n_clusters), "--seed", str(args.seed),
                    "--mode", args.mode, "--minibatch-epochs", *map(str, args.minibatch_epochs),
-                   "--kmeans-n-init", str(args.kmeans_n_init)] + (["--semantic"] if args.semantic else []) \
+                   "--kmeans-n-init", str(args.kmeans_n_init), "--generate-jobs", str(args.generate_jobs)] \
+            + (["--semantic"] if args.semantic else []) \
             + (["--backed"] if args.backed else [])
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr: the child's progress
         if done.returncode != 0:
