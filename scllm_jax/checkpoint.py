@@ -41,6 +41,11 @@ _RUN_FILE = "run.json"
 _AFRESH = "pass checkpoint_restart=True (--restart) to discard it and start afresh"
 
 
+#: What the saved arrays look like; checkpoints of another layout are refused (with the differences named).
+#: 2: the network is built with its K from pre-training on (layout 1 had one placeholder centre).
+CHECKPOINT_LAYOUT = 2
+
+
 def run_fingerprint(config, n_clusters: int, dims: tuple, data: dict | None = None) -> dict:
     """What identifies a training run: a checkpoint resumes only a run with the same fingerprint.
 
@@ -59,7 +64,7 @@ def run_fingerprint(config, n_clusters: int, dims: tuple, data: dict | None = No
     """
     settings = {k: v for k, v in config.to_dict().items() if k not in _BOOKKEEPING}
     return json.loads(json.dumps({"config": settings, "n_clusters": int(n_clusters), "dims": list(dims),
-                                  **(data or {})}))
+                                  "layout": CHECKPOINT_LAYOUT, **(data or {})}))
 
 
 def _differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
@@ -72,6 +77,9 @@ def _differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
         elif old != new:
             if key == "data":
                 found.append("the data (another digest of the values)")
+            elif key == "layout":
+                found.append(f"saved arrays of layout {old if old is not None else 1} (an older scllm-jax), "
+                             f"layout {new} here")
             else:
                 found.append(f"{prefix}{key} {new!r} here, {old!r} in the checkpoint")
     return found

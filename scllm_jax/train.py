@@ -455,24 +455,27 @@ def _checkpointer(config: ScllmConfig, fingerprint: dict):
     return Checkpointer(config.checkpoint_dir, fingerprint=fingerprint, restart=config.checkpoint_restart)
 
 
-def pretrain(data, config: ScllmConfig, *, progress: bool = True):
+def pretrain(data, config: ScllmConfig, n_clusters: int = 1, *, progress: bool = True):
     """Pre-train the autoencoder (reconstruction, ncut, alignment).
 
-    The number of clusters need not be known yet: the centres are a
-    placeholder here and are set by :func:`cluster`.
+    The centres (``n_clusters`` of them, zeros) take no part in
+    pre-training; they are set from the start partition when clustering
+    begins, so K may stay a placeholder here.
 
     Returns
     -------
     (graphdef, params, history, seconds)
     """
     engine = _engine(data, config)
-    run = _pretrain_run(engine, config, None, progress=progress)
+    run = _pretrain_run(engine, config, None, n_clusters, progress=progress)
     return run.graphdef, run.params, run.history, run.seconds
 
 
-def _pretrain_run(engine, config: ScllmConfig, checkpointer, *, progress: bool, resume: dict | None = None,
-                  on_step=None) -> _Run:
-    graphdef, params = nnx.split(build_network(*engine.dims(), 1, config), nnx.Param)
+def _pretrain_run(engine, config: ScllmConfig, checkpointer, n_clusters: int, *, progress: bool,
+                  resume: dict | None = None, on_step=None) -> _Run:
+    # Built with its K: the centres (zeros, created after every other layer, so no other weight changes)
+    # get no gradient before the clustering phase sets them.
+    graphdef, params = nnx.split(build_network(*engine.dims(), n_clusters, config), nnx.Param)
     optimizer = optax.adam(config.learning_rate)
     params = engine.place(params)
     opt_state = engine.place(optimizer.init(params))
@@ -513,9 +516,6 @@ def _cluster_run(engine, config: ScllmConfig, graphdef, params, n_clusters: int,
         start_partition = initialise(embedding, n_clusters)
         extra_meta["initialisation"] = _plain_json(start_partition.summary())
         params["centres"] = nnx.Param(jnp.asarray(cluster_means(embedding, start_partition.labels, n_clusters)))
-    else:
-        dim = params["centres"][...].shape[1]
-        params["centres"] = nnx.Param(jnp.zeros((n_clusters, dim), jnp.float32))
     params = engine.place(params)
     opt_state = engine.place(optimizer.init(params))
     run = _Run(engine, config, "cluster", graphdef, params, opt_state, jax.random.key(config.seed + 1),
@@ -596,12 +596,13 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, 
         if step is not None:
             meta = checkpointer.restore_meta(step)
         if meta is None or meta["phase"] == "pretrain":
-            run = _pretrain_run(engine, config, checkpointer, progress=progress, resume=meta, on_step=on_step)
+            run = _pretrain_run(engine, config, checkpointer, int(n_clusters), progress=progress, resume=meta,
+                                on_step=on_step)
             graphdef, params, pretrain_history, pretrain_seconds = run.graphdef, run.params, run.history, run.seconds
             global_step = run.global_step
             resume = None
         else:
-            graphdef, params = nnx.split(build_network(*engine.dims(), 1, config), nnx.Param)
+            graphdef, params = nnx.split(build_network(*engine.dims(), int(meta["n_clusters"]), config), nnx.Param)
             pretrain_history, pretrain_seconds = meta["pretrain_history"], meta["seconds"]
             n_clusters, global_step, resume = meta["n_clusters"], meta["global_step"], meta
         extra = {"pretrain_history": pretrain_history, "seconds": pretrain_seconds, "n_clusters": int(n_clusters)}

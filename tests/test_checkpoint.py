@@ -160,3 +160,17 @@ def test_no_intact_step_names_the_folder_to_delete(cells, finished, tmp_path):
     with pytest.raises(InputError, match=rf"No checkpoint in {re.escape(str(folder))} can be read \(step 20: .*\); "
                                          rf"delete the folder {re.escape(str(folder))}, or pass checkpoint_restart"):
         ScllmModel(CHECKPOINTED.replace(checkpoint_dir=str(folder))).fit(cells[0], 3, progress=False)
+
+
+def test_checkpoint_of_an_older_layout_is_refused(cells, finished, tmp_path):
+    """A folder written before the network was built with its K (no ``layout`` in ``run.json``) is refused,
+    naming the layout, instead of failing on mismatched array shapes."""
+    folder = _copy(finished[0], tmp_path)
+    record = folder / "run.json"
+    stored = json.loads(record.read_text())
+    del stored["layout"]
+    record.write_text(json.dumps(stored))
+    with pytest.raises(InputError, match=r"holds another run: saved arrays of layout 1 \(an older scllm-jax\), layout 2 here\. "
+                                         r"A checkpoint resumes only the same data and settings; pass another "
+                                         r"checkpoint_dir, or pass checkpoint_restart=True \(--restart\)"):
+        ScllmModel(CHECKPOINTED.replace(checkpoint_dir=str(folder))).fit(cells[0], 3, progress=False)
