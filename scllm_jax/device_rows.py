@@ -41,17 +41,52 @@ class ExpressionRows(NamedTuple):
     ----------
     dense
         ``(cells, genes)`` scaled expression, or ``None``.
-    csr
-        Log expression (:class:`CsrRows`) or ``None``; a row is densified
-        to ``clip((x - mean) / std, -clip, clip)``.
+    pieces
+        Log expression as CSRs of consecutive row ranges (:class:`CsrRows`,
+        each under 2^31 entries: 32-bit indices), or ``None``; a row is
+        densified to ``clip((x - mean) / std, -clip, clip)``.
+    piece_rows
+        ``(pieces + 1,)`` first row of each piece, then the number of rows.
     mean, std
-        Per-gene scaling of ``csr``.
+        Per-gene scaling of ``pieces``.
     """
 
     dense: jax.Array | None
-    csr: CsrRows | None
+    pieces: tuple[CsrRows, ...] | None
+    piece_rows: jax.Array | None
     mean: jax.Array | None
     std: jax.Array | None
+
+
+#: Stored entries per CSR piece: indices into a piece's arrays stay 32-bit (JAX's default integers).
+MAX_PIECE_ENTRIES = 2 ** 31 - 1
+
+
+def row_pieces(indptr: np.ndarray, max_entries: int = MAX_PIECE_ENTRIES) -> np.ndarray:
+    """First row of each piece of a CSR split into consecutive row ranges of at most ``max_entries`` entries,
+    then the number of rows."""
+    n_rows = indptr.size - 1
+    bounds = [0]
+    while bounds[-1] < n_rows:
+        start = bounds[-1]
+        # The last row whose end stays within the piece's budget (at least one row per piece).
+        stop = int(np.searchsorted(indptr, indptr[start] + max_entries, side="right")) - 1
+        bounds.append(min(n_rows, max(stop, start + 1)))
+    return np.asarray(bounds if n_rows else [0, 0], dtype=np.int64)
+
+
+def piece_of_rows(bounds: np.ndarray, n_rows: int) -> np.ndarray:
+    """The piece (of :func:`row_pieces`) of every row."""
+    return np.searchsorted(bounds, np.arange(n_rows), side="right") - 1
+
+
+def largest_piece_share(row_entries: np.ndarray, row_piece: np.ndarray, batches: np.ndarray) -> np.ndarray:
+    """For each batch (row of ``batches``), the most entries its rows hold in any one piece."""
+    batches = np.atleast_2d(batches)
+    sums = np.zeros((batches.shape[0], int(row_piece.max()) + 1))
+    np.add.at(sums, (np.repeat(np.arange(batches.shape[0]), batches.shape[1]), row_piece[batches].ravel()),
+              row_entries[batches].ravel())
+    return sums.max(axis=1)
 
 
 def csr_on_device(matrix: sp.csr_matrix, mesh: Mesh | None = None) -> CsrRows:
@@ -63,19 +98,27 @@ def csr_on_device(matrix: sp.csr_matrix, mesh: Mesh | None = None) -> CsrRows:
     return CsrRows(put(matrix.indptr, np.int32), put(matrix.indices, np.int32), put(matrix.data, np.float32))
 
 
-def expression_on_device(expression: Any, mesh: Mesh | None = None) -> ExpressionRows:
-    """Dense rows for an array; the CSR and its scaling for a lazily scaled matrix (never densified whole)."""
+def expression_on_device(expression: Any, mesh: Mesh | None = None, *,
+                         max_piece_entries: int = MAX_PIECE_ENTRIES) -> ExpressionRows:
+    """Dense rows for an array; the CSR (in pieces of under 2^31 entries) and its scaling for a lazily
+    scaled matrix, never densified whole."""
     if hasattr(expression, "log_expression"):
         csr = sp.csr_matrix(expression.log_expression, dtype=np.float32)
         csr.sort_indices()
-        put = lambda values: jax.device_put(np.asarray(values, np.float32), _placement(mesh))  # noqa: E731
-        return ExpressionRows(None, csr_on_device(csr, mesh), put(expression.mean), put(expression.std))
+        bounds = row_pieces(csr.indptr, max_piece_entries)
+        pieces = tuple(csr_on_device(csr[start:stop], mesh) for start, stop in zip(bounds[:-1], bounds[1:]))
+        put = lambda values, dtype=np.float32: jax.device_put(np.asarray(values, dtype), _placement(mesh))  # noqa: E731
+        return ExpressionRows(None, pieces, put(bounds, np.int32), put(expression.mean), put(expression.std))
     dense = np.asarray(expression, dtype=np.float32)
-    return ExpressionRows(jax.device_put(dense) if mesh is None else put_global_rows(dense, mesh), None, None, None)
+    return ExpressionRows(jax.device_put(dense) if mesh is None else put_global_rows(dense, mesh), None, None, None,
+                          None)
 
 
-def csr_row_slots(indptr: jax.Array, rows: jax.Array, budget: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def csr_row_slots(indptr: jax.Array, rows: jax.Array, budget: int,
+                  present: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The entries of ``rows``, row after row, in ``budget`` padded slots.
+
+    ``present``: rows counted as empty where False (rows of another piece).
 
     Returns
     -------
@@ -86,6 +129,8 @@ def csr_row_slots(indptr: jax.Array, rows: jax.Array, budget: int) -> tuple[jax.
     """
     starts = indptr[rows]
     counts = indptr[rows + 1] - starts
+    if present is not None:
+        counts = jnp.where(present, counts, 0)
     ends = jnp.cumsum(counts)
     offsets = ends - counts
     slots = jnp.arange(budget, dtype=jnp.int32)
@@ -98,20 +143,25 @@ def csr_row_slots(indptr: jax.Array, rows: jax.Array, budget: int) -> tuple[jax.
 
 
 def scaled_rows(expression: ExpressionRows, cells: jax.Array, budget: int) -> jax.Array:
-    """Dense decoder target of ``cells`` (exactly :class:`~scllm_jax.preprocess.ScaledExpression`'s rows)."""
+    """Dense decoder target of ``cells`` (exactly :class:`~scllm_jax.preprocess.ScaledExpression`'s rows).
+
+    ``budget``: padded slots per piece (:func:`largest_piece_share` of the batch, or more).
+    """
     if expression.dense is not None:
         return expression.dense[cells]
-    csr, mean, std = expression.csr, expression.mean, expression.std
-    owner, position, valid = csr_row_slots(csr.indptr, cells, budget)
-    genes = csr.indices[position]
-    values = jnp.clip((csr.values[position] - mean[genes]) / std[genes], -SCALE_CLIP, SCALE_CLIP)
-    zeros = jnp.clip(-mean / std, -SCALE_CLIP, SCALE_CLIP)
-    dense = jnp.broadcast_to(zeros, (cells.shape[0], mean.shape[0]))
-    # Padding slots are sent past the last gene and dropped.
-    return dense.at[owner, jnp.where(valid, genes, mean.shape[0])].set(values, mode="drop")
+    mean, std = expression.mean, expression.std
+    dense = jnp.broadcast_to(jnp.clip(-mean / std, -SCALE_CLIP, SCALE_CLIP), (cells.shape[0], mean.shape[0]))
+    for piece, csr in enumerate(expression.pieces):
+        first, stop = expression.piece_rows[piece], expression.piece_rows[piece + 1]
+        present = (cells >= first) & (cells < stop)
+        local = jnp.where(present, cells - first, 0)
+        owner, position, valid = csr_row_slots(csr.indptr, local, budget, present)
+        genes = csr.indices[position]
+        values = jnp.clip((csr.values[position] - mean[genes]) / std[genes], -SCALE_CLIP, SCALE_CLIP)
+        # Padding slots are sent past the last gene and dropped.
+        dense = dense.at[owner, jnp.where(valid, genes, mean.shape[0])].set(values, mode="drop")
+    return dense
 
 
-
-
-__all__ = ["SCALE_CLIP", "CsrRows", "ExpressionRows", "csr_on_device", "csr_row_slots", "expression_on_device",
-           "scaled_rows"]
+__all__ = ["MAX_PIECE_ENTRIES", "SCALE_CLIP", "CsrRows", "ExpressionRows", "csr_on_device", "csr_row_slots",
+           "expression_on_device", "largest_piece_share", "piece_of_rows", "row_pieces", "scaled_rows"]

@@ -43,7 +43,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .config import ScllmConfig
 from .losses import direction_orthogonality, reconstruction_loss, unit_rows
 from .objective import alignment_positives, alignment_term, clustering_term, total_loss
-from .device_rows import CsrRows, ExpressionRows, csr_on_device, csr_row_slots, expression_on_device, scaled_rows
+from .device_rows import (MAX_PIECE_ENTRIES, CsrRows, ExpressionRows, csr_on_device, csr_row_slots,
+                          expression_on_device, largest_piece_share, piece_of_rows, scaled_rows)
 from .parallel import DATA_AXIS, agree_max, process_rows, put_global_rows, put_rows, replicated, to_host
 
 # Cells per block of the full embedding pass (its edges are gathered like a batch's).
@@ -125,6 +126,8 @@ class MinibatchData:
         Entries per adjacency row (host; sizes the edge budgets).
     row_entries
         Stored entries per expression row (host), ``None`` for dense rows.
+    row_piece
+        The expression CSR piece of each row (host), ``None`` for dense rows.
     n_cells
         Number of (unpadded) cells.
     mesh
@@ -141,6 +144,7 @@ class MinibatchData:
     tables: Tables
     degrees: np.ndarray
     row_entries: np.ndarray | None
+    row_piece: np.ndarray | None
     n_cells: int
     mesh: Mesh
     batch_size: int
@@ -177,7 +181,7 @@ class MinibatchData:
 
 
 def minibatch_data(features: np.ndarray, expression: Any, adjacency: sp.csr_matrix, text: np.ndarray | None,
-                   config: ScllmConfig, mesh: Mesh) -> MinibatchData:
+                   config: ScllmConfig, mesh: Mesh, *, max_piece_entries: int = MAX_PIECE_ENTRIES) -> MinibatchData:
     """Precompute ``A X`` on the host (sparse) and put the cell tables, graph and target on ``mesh``.
 
     ``features``, ``adjacency`` and ``text`` hold every cell here (one host);
@@ -198,6 +202,8 @@ def minibatch_data(features: np.ndarray, expression: Any, adjacency: sp.csr_matr
         Settings (``minibatch_size``).
     mesh
         The data mesh.
+    max_piece_entries
+        Entries per piece of the expression CSR on the device (32-bit indices).
     """
     adjacency = sp.csr_matrix(adjacency, dtype=np.float32)
     adjacency.sort_indices()
@@ -205,13 +211,16 @@ def minibatch_data(features: np.ndarray, expression: Any, adjacency: sp.csr_matr
     # Sparse A @ X: O(N k F), never an (edges x F) message array.
     aggregated = np.asarray(adjacency @ np.asarray(features, dtype=np.float32), dtype=np.float32)
     tables = Tables(put_global_rows(aggregated, mesh), csr_on_device(adjacency, mesh),
-                    expression_on_device(expression, mesh),
+                    expression_on_device(expression, mesh, max_piece_entries=max_piece_entries),
                     None if text is None else put_global_rows(np.asarray(text, dtype=np.float32), mesh),
                     None, None)
-    row_entries = (np.diff(expression.log_expression.indptr) if hasattr(expression, "log_expression") else None)
+    row_entries = row_piece = None
+    if tables.expression.pieces is not None:
+        row_entries = np.diff(expression.log_expression.indptr)
+        row_piece = piece_of_rows(np.asarray(tables.expression.piece_rows), n_cells)
     size = mesh.devices.size
     batch_size = -(-min(config.minibatch_size, n_cells) // size) * size
-    return MinibatchData(tables, np.diff(adjacency.indptr), row_entries, n_cells, mesh, batch_size)
+    return MinibatchData(tables, np.diff(adjacency.indptr), row_entries, row_piece, n_cells, mesh, batch_size)
 
 
 # ----------------------------------------------------------------------------- planning (host)
@@ -237,18 +246,20 @@ def plan_budgets(data: MinibatchData, local_batches: np.ndarray, current: Budget
     cells = local_batches.shape[1] * jax.process_count()
     step = max(1, int(_BUDGET_STEP_PER_CELL * cells))
 
-    def budget(per_row: np.ndarray | None, floor: int) -> int:
-        if per_row is None:
-            return 0
+    def budget(local_need: int, floor: int) -> int:
         # The global batch holds every process's share: bound it by the largest share times their number.
-        need = agree_max(int(per_row[local_batches].sum(axis=1).max())) * jax.process_count()
+        need = agree_max(local_need) * jax.process_count()
         if need <= floor:
             return floor
         return -(-int(_BUDGET_MARGIN * need + 1) // step) * step
 
     current = current or Budgets(0, 0)
-    return Budgets(budget(data.degrees, current.edges),
-                   budget(data.row_entries if with_target else None, current.entries))
+    edges = budget(int(data.degrees[local_batches].sum(axis=1).max()), current.edges)
+    if not with_target or data.row_entries is None:
+        return Budgets(edges, current.entries)
+    # Expression slots are per CSR piece: the most any one piece holds of a batch.
+    share = int(largest_piece_share(data.row_entries, data.row_piece, local_batches).max())
+    return Budgets(edges, budget(share, current.entries))
 
 
 def put_batches(data: MinibatchData, local_batches: np.ndarray) -> jax.Array:

@@ -22,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .config import ScllmConfig
+from .device_rows import MAX_PIECE_ENTRIES, expression_on_device, largest_piece_share, piece_of_rows, scaled_rows
 from .device_rows import SCALE_CLIP as _SCALE_CLIP
 from .parallel import on_accelerator
 from .validation import (VALUE_KINDS, CheckedExpression, InputError, check_expression, choose_layer, matrix_of,
@@ -109,14 +110,14 @@ class _DeviceBlocks:
 
     block = 16_384
 
-    def __init__(self, expression: ScaledExpression):
-        from .device_rows import expression_on_device
-
+    def __init__(self, expression: ScaledExpression, *, max_piece_entries: int = MAX_PIECE_ENTRIES):
         n_cells = expression.shape[0]
-        self.n_cells, self.rows = n_cells, expression_on_device(expression)
+        self.n_cells = n_cells
+        self.rows = expression_on_device(expression, max_piece_entries=max_piece_entries)
         n_blocks = -(-n_cells // self.block)
         ids = np.minimum(np.arange(n_blocks * self.block), n_cells - 1).reshape(n_blocks, self.block)
-        entries = np.diff(expression.log_expression.indptr)[ids].sum(axis=1).max()
+        row_piece = piece_of_rows(np.asarray(self.rows.piece_rows), n_cells)
+        entries = largest_piece_share(np.diff(expression.log_expression.indptr), row_piece, ids).max()
         step = 4 * self.block
         self.budget = int(-(-max(int(entries), 1) // step) * step)
         self.ids = jnp.asarray(ids, dtype=jnp.int32)
@@ -126,8 +127,6 @@ class _DeviceBlocks:
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Column sums and Gram matrix of the scaled expression (float64 on the host)."""
-        from .device_rows import scaled_rows
-
         @jax.jit
         def run(rows, ids, weights):
             def add(carry, block):
@@ -145,8 +144,6 @@ class _DeviceBlocks:
 
     def project(self, pca_mean: np.ndarray, components: np.ndarray) -> np.ndarray:
         """``(scaled - pca_mean) @ components.T`` of every cell (host float32)."""
-        from .device_rows import scaled_rows
-
         @jax.jit
         def run(rows, ids, centre, loadings):
             def one(cells):

@@ -12,7 +12,8 @@ import scipy.sparse as sp
 from flax import nnx
 
 from scllm_jax.config import ScllmConfig
-from scllm_jax.device_rows import csr_on_device, csr_row_slots, expression_on_device, scaled_rows
+from scllm_jax.device_rows import (csr_on_device, csr_row_slots, expression_on_device, largest_piece_share,
+                                   piece_of_rows, scaled_rows)
 from scllm_jax.graph import device_knn, graph_from_adjacency, knn_indices, normalized_adjacency
 from scllm_jax.minibatch import (embed_all, gather_batch, make_full_embed, minibatch_data, minibatch_loss_terms,
                                  plan_budgets, put_batches, with_table)
@@ -45,7 +46,9 @@ def test_row_slots_are_the_csr_row_slices():
     assert valid.sum() == expected.size and np.all(np.diff(owner) >= 0)
 
 
-def test_scaled_rows_equal_the_host_scaling():
+@pytest.mark.parametrize("max_piece_entries", [2 ** 31 - 1, 97])
+def test_scaled_rows_equal_the_host_scaling(max_piece_entries):
+    """Also with the CSR split into pieces (atlases past 2^31 stored entries): 97 entries make ~15 pieces."""
     _, matrix, rng = _cells()
     mean = np.asarray(matrix.mean(axis=0)).ravel().astype(np.float32)
     std = (np.asarray(matrix.power(2).mean(axis=0)).ravel() - mean ** 2).clip(1e-3) ** 0.5
@@ -53,9 +56,32 @@ def test_scaled_rows_equal_the_host_scaling():
     std[0] = 1e-3
     host = ScaledExpression(matrix, mean, std.astype(np.float32))
     rows = rng.choice(matrix.shape[0], 50, replace=False)
-    got = jax.jit(scaled_rows, static_argnums=2)(expression_on_device(host), jnp.asarray(rows, jnp.int32), 2000)
+    rows[:2] = [0, matrix.shape[0] - 1]  # the first and last rows
+    on_device = expression_on_device(host, max_piece_entries=max_piece_entries)
+    bounds = np.asarray(on_device.piece_rows)
+    assert len(on_device.pieces) == bounds.size - 1 >= (1 if max_piece_entries > 1000 else 10)
+    budget = int(largest_piece_share(np.diff(matrix.indptr), piece_of_rows(bounds, matrix.shape[0]), rows).max())
+    got = jax.jit(scaled_rows, static_argnums=2)(on_device, jnp.asarray(rows, jnp.int32), budget)
     np.testing.assert_allclose(np.asarray(got), host[rows], rtol=1e-6, atol=1e-6)
     assert np.abs(host[rows]).max() == 10.0
+
+
+def test_batches_gather_expression_rows_across_pieces():
+    """The training batches' targets, planned and gathered as training does, from a CSR in pieces."""
+    pca, matrix, rng = _cells()
+    mean = np.asarray(matrix.mean(axis=0)).ravel().astype(np.float32)
+    std = np.ones(matrix.shape[1], np.float32)
+    host = ScaledExpression(matrix, mean, std)
+    adjacency = normalized_adjacency(knn_indices(pca, 6))
+    data = minibatch_data(pca, host, adjacency, None, ScllmConfig.tiny(minibatch_size=32), data_mesh(),
+                          max_piece_entries=150)
+    assert len(data.tables.expression.pieces) > 5
+    batches = rng.permutation(matrix.shape[0])[:128].reshape(4, 32)
+    budgets = plan_budgets(data, batches)
+    placed = put_batches(data, batches)
+    for i in range(4):
+        batch = gather_batch(data.tables, placed[i], budgets)
+        np.testing.assert_allclose(np.asarray(batch.target), host[batches[i]], rtol=1e-6, atol=1e-6)
 
 
 def _network(text_dim=None):
@@ -144,7 +170,8 @@ def test_device_moments_and_projection_equal_the_host_loop():
     class Small(_DeviceBlocks):
         block = 128  # several blocks, the last padded
 
-    blocks = Small(expression)
+    blocks = Small(expression, max_piece_entries=700)  # blocks that straddle pieces
+    assert len(blocks.rows.pieces) > 3
     total, gram = blocks.moments()
     np.testing.assert_allclose(total, dense.sum(axis=0), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(gram, dense.T @ dense, rtol=1e-4, atol=1e-2)
