@@ -293,7 +293,7 @@ class _MiniBatch:
         self.data = with_table(self.data, latent=self._latent)
 
     def assign(self, params) -> jax.Array:
-        # Uses the streaming pass of begin_epoch, run just before with the same params.
+        # Uses the full pass of begin_epoch, run just before with the same params.
         return student_t_assign(jnp.asarray(self._embedding), params["centres"][...], self.config.alpha)
 
     def set_target(self, target_p):
