@@ -22,8 +22,9 @@ from .parallel import put_global_rows, replicated
 SCALE_CLIP = 10.0
 
 
-def _placement(mesh: Mesh | None):
-    return jax.devices()[0] if mesh is None else replicated(mesh)
+def _put(values, dtype, mesh: Mesh | None) -> jax.Array:
+    """``values`` as ``dtype``, replicated over ``mesh`` (``None``: on the default device)."""
+    return jax.device_put(np.asarray(values, dtype=dtype), jax.devices()[0] if mesh is None else replicated(mesh))
 
 
 class CsrRows(NamedTuple):
@@ -83,10 +84,11 @@ def piece_of_rows(bounds: np.ndarray, n_rows: int) -> np.ndarray:
 def largest_piece_share(row_entries: np.ndarray, row_piece: np.ndarray, batches: np.ndarray) -> np.ndarray:
     """For each batch (row of ``batches``), the most entries its rows hold in any one piece."""
     batches = np.atleast_2d(batches)
-    sums = np.zeros((batches.shape[0], int(row_piece.max()) + 1))
-    np.add.at(sums, (np.repeat(np.arange(batches.shape[0]), batches.shape[1]), row_piece[batches].ravel()),
-              row_entries[batches].ravel())
-    return sums.max(axis=1)
+    n_pieces = int(row_piece.max()) + 1
+    # One bin per (batch, piece).
+    bins = (np.arange(batches.shape[0])[:, None] * n_pieces + row_piece[batches]).ravel()
+    sums = np.bincount(bins, weights=row_entries[batches].ravel(), minlength=batches.shape[0] * n_pieces)
+    return sums.reshape(batches.shape[0], n_pieces).max(axis=1)
 
 
 def csr_on_device(matrix: sp.csr_matrix, mesh: Mesh | None = None) -> CsrRows:
@@ -94,8 +96,8 @@ def csr_on_device(matrix: sp.csr_matrix, mesh: Mesh | None = None) -> CsrRows:
     if matrix.nnz >= 2 ** 31:
         raise ValueError(f"{matrix.nnz} stored entries do not fit 32-bit indices; split the data or use fewer "
                          "genes (n_top_genes).")
-    put = lambda values, dtype: jax.device_put(np.asarray(values, dtype=dtype), _placement(mesh))  # noqa: E731
-    return CsrRows(put(matrix.indptr, np.int32), put(matrix.indices, np.int32), put(matrix.data, np.float32))
+    return CsrRows(_put(matrix.indptr, np.int32, mesh), _put(matrix.indices, np.int32, mesh),
+                   _put(matrix.data, np.float32, mesh))
 
 
 def expression_on_device(expression: Any, mesh: Mesh | None = None, *,
@@ -107,8 +109,8 @@ def expression_on_device(expression: Any, mesh: Mesh | None = None, *,
         csr.sort_indices()
         bounds = row_pieces(csr.indptr, max_piece_entries)
         pieces = tuple(csr_on_device(csr[start:stop], mesh) for start, stop in zip(bounds[:-1], bounds[1:]))
-        put = lambda values, dtype=np.float32: jax.device_put(np.asarray(values, dtype), _placement(mesh))  # noqa: E731
-        return ExpressionRows(None, pieces, put(bounds, np.int32), put(expression.mean), put(expression.std))
+        return ExpressionRows(None, pieces, _put(bounds, np.int32, mesh), _put(expression.mean, np.float32, mesh),
+                              _put(expression.std, np.float32, mesh))
     dense = np.asarray(expression, dtype=np.float32)
     return ExpressionRows(jax.device_put(dense) if mesh is None else put_global_rows(dense, mesh), None, None, None,
                           None)
