@@ -1,9 +1,10 @@
 """The stages before training on the device vs on the host, same fits: ARI over seeds (labels only score).
 
-On an accelerator, ``scllm_jax`` runs the scaling moments, the PCA projection
-and (above ``exact_knn_max_cells``) the kNN graph on the device
+On an accelerator, ``scllm_jax`` runs the scaling moments, the PCA projection,
+(above ``exact_knn_max_cells``) the kNN graph and (from
+``partition.DEVICE_KMEANS_MIN_CELLS``) k-means on the device
 (``parallel.on_accelerator()``). This script runs both paths on whatever JAX
-device there is (a CPU too) by setting that switch in the two modules that
+device there is (a CPU too) by setting that switch in the three modules that
 read it, fits a synthetic atlas with each for several seeds, and appends one
 row per fit to ``results/device_stages.tsv``.
 
@@ -37,6 +38,7 @@ def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
     import scllm_jax.graph as graph
+    import scllm_jax.partition as partition
     import scllm_jax.preprocess as preprocess
     from scllm_jax.config import ScllmConfig
     from scllm_jax.model import ScllmModel
@@ -46,7 +48,8 @@ def main() -> None:
     truth = adata.obs["cell_type"].cat.codes.to_numpy()
     for stages in ("host", "device"):
         on_device = stages == "device"
-        graph.on_accelerator = preprocess.on_accelerator = lambda on_device=on_device: on_device
+        switch = lambda on_device=on_device: on_device  # noqa: E731
+        graph.on_accelerator = preprocess.on_accelerator = partition.on_accelerator = switch
         for seed in args.seeds:
             config = ScllmConfig(seed=seed, minibatch_pretrain_epochs=args.epochs[0],
                                  minibatch_cluster_epochs=args.epochs[1], kmeans_n_init=4)

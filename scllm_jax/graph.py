@@ -56,19 +56,32 @@ def knn_indices(features: np.ndarray, n_neighbors: int, *, exact_max_cells: int 
     return _drop_self(indices, k)
 
 
-# Cells per block of queries and of candidates in device_knn: a block's distances are 1024 x 65536 floats (256 MiB).
-_QUERY_BLOCK = 1024
-_CANDIDATE_BLOCK = 65_536
+# Cells per block of queries and of candidates in device_knn: a block pair's scores are 2048 x 32768 floats
+# (256 MiB); candidates are ranked in groups of _GROUP consecutive cells.
+_QUERY_BLOCK = 2048
+_CANDIDATE_BLOCK = 32_768
+_GROUP = 32
 
 
 def device_knn(features: np.ndarray, k: int, *, query_block: int = _QUERY_BLOCK,
-               candidate_block: int = _CANDIDATE_BLOCK) -> np.ndarray:
+               candidate_block: int = _CANDIDATE_BLOCK, group: int = _GROUP) -> np.ndarray:
     """Exact ``k`` nearest cells of every cell (itself included), by blocked search on the default device.
 
-    Each block of queries meets each block of candidates in one matrix
-    product (``|c|^2 - 2 q.c``, the query's own norm does not change its
-    ranking) and keeps its ``k`` best so far: memory is one block pair,
-    never N x N.
+    Two passes per block of queries, memory one block pair and never N x N:
+
+    1. Each block of candidates meets the queries in one matrix product
+       (``|c|^2 - 2 q.c``; the query's own norm does not change its ranking),
+       and only the smallest score of each group of ``group`` consecutive
+       candidates is kept.
+    2. The ``k`` groups of smallest minima hold every one of the ``k``
+       nearest candidates (each candidate nearer than the ``k``-th nearest
+       lies in a group whose minimum is nearer still, and at most ``k`` groups
+       hold such a candidate), so the exact distances of those ``k * group``
+       candidates, ranked, give the answer.
+
+    A top-k over ``N / group`` minima and one over ``k * group`` distances
+    replace a top-k over all N scores per query, which dominated the search
+    on a GPU (33 s at 1M cells).
 
     Returns
     -------
@@ -76,41 +89,48 @@ def device_knn(features: np.ndarray, k: int, *, query_block: int = _QUERY_BLOCK,
         ``(n_cells, k)`` int64, nearest first.
     """
     features = np.asarray(features, dtype=np.float32)
-    n_cells = features.shape[0]
-    candidate_block = min(candidate_block, n_cells)
+    n_cells, n_dims = features.shape
+    if not 1 <= k <= n_cells:
+        raise ValueError(f"k must lie in [1, {n_cells}], got {k}.")
+    group = max(1, min(group, n_cells // k))  # at least k groups hold real cells
+    candidate_block = -(-min(candidate_block, n_cells) // group) * group
     query_block = min(query_block, n_cells)
     n_candidate_blocks = -(-n_cells // candidate_block)
-    padded = np.zeros((n_candidate_blocks * candidate_block, features.shape[1]), np.float32)
+    n_padded = n_candidate_blocks * candidate_block
+    padded = np.zeros((n_padded, n_dims), np.float32)
     padded[:n_cells] = features
-    candidates = jnp.asarray(padded).reshape(n_candidate_blocks, candidate_block, -1)
-    norms = jnp.sum(candidates * candidates, axis=2)
+    points = jnp.asarray(padded)
     # Padding candidates are never chosen.
-    ids = jnp.arange(n_candidate_blocks * candidate_block).reshape(n_candidate_blocks, candidate_block)
-    norms = jnp.where(ids < n_cells, norms, jnp.inf)
+    norms = jnp.where(jnp.arange(n_padded) < n_cells, jnp.sum(points * points, axis=1), jnp.inf)
+    n_query_blocks = -(-n_cells // query_block)
+    queries = np.zeros((n_query_blocks * query_block, n_dims), np.float32)
+    queries[:n_cells] = features
 
     @jax.jit
-    def search(queries):
-        def merge(best, block):
-            block_points, block_norms, block_ids = block
-            scores = block_norms[None, :] - 2.0 * jnp.matmul(queries, block_points.T,
-                                                             precision=jax.lax.Precision.HIGHEST)
-            top, where = jax.lax.top_k(-scores, k)
-            merged_scores = jnp.concatenate([best[0], top], axis=1)
-            merged_ids = jnp.concatenate([best[1], block_ids[where]], axis=1)
-            keep_scores, keep = jax.lax.top_k(merged_scores, k)
-            return (keep_scores, jnp.take_along_axis(merged_ids, keep, axis=1)), None
+    def search(points, norms, queries):
+        blocks = (points.reshape(n_candidate_blocks, candidate_block, n_dims),
+                  norms.reshape(n_candidate_blocks, candidate_block))
 
-        start = (jnp.full((queries.shape[0], k), -jnp.inf), jnp.zeros((queries.shape[0], k), jnp.int32))
-        (_, best), _ = jax.lax.scan(merge, start, (candidates, norms, ids))
-        return best
+        def one_query_block(block_queries):
+            def group_minima(_, block):
+                block_points, block_norms = block
+                scores = block_norms[None, :] - 2.0 * jnp.matmul(block_queries, block_points.T,
+                                                                 precision=jax.lax.Precision.HIGHEST)
+                return None, scores.reshape(query_block, -1, group).min(axis=2)
 
-    out = np.empty((n_cells, k), np.int64)
-    for start in range(0, n_cells, query_block):
-        stop = min(start + query_block, n_cells)
-        queries = np.zeros((query_block, features.shape[1]), np.float32)
-        queries[:stop - start] = features[start:stop]
-        out[start:stop] = np.asarray(search(jnp.asarray(queries)))[:stop - start]
-    return out
+            _, minima = jax.lax.scan(group_minima, None, blocks)  # (candidate blocks, queries, groups)
+            minima = jnp.transpose(minima, (1, 0, 2)).reshape(query_block, -1)
+            _, nearest_groups = jax.lax.top_k(-minima, k)
+            members = (nearest_groups[:, :, None] * group + jnp.arange(group)).reshape(query_block, -1)
+            offsets = points[members] - block_queries[:, None, :]
+            distances = jnp.where(members < n_cells, jnp.sum(offsets * offsets, axis=2), jnp.inf)
+            _, best = jax.lax.top_k(-distances, k)
+            return jnp.take_along_axis(members, best, axis=1)
+
+        return jax.lax.map(one_query_block, queries.reshape(n_query_blocks, query_block, n_dims))
+
+    found = search(points, norms, jnp.asarray(queries))
+    return np.asarray(found, dtype=np.int64).reshape(-1, k)[:n_cells]
 
 
 def neighbour_count(n_cells: int, n_neighbors: int) -> int:

@@ -45,11 +45,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import numpy as np
 import scipy.sparse as sp
 
 from .config import FINAL_SELECTIONS, INITIALISATIONS, REFERENCE_CLUSTERINGS
+from .parallel import on_accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ WARD_MAX_CELLS = 10_000
 WARD_MICRO_CLUSTERS = 1_000
 #: The micro-clusters' centres are fitted on a seeded subset of at most this many cells.
 WARD_MICRO_FIT_CELLS = 20_000
+#: On an accelerator, k-means of this many cells or more runs there (:mod:`~scllm_jax.device_kmeans`).
+DEVICE_KMEANS_MIN_CELLS = 50_000
 
 
 def kmeans_labels(embedding: np.ndarray, n_clusters: int, *, seed: int, n_init: int,
@@ -70,15 +74,23 @@ def kmeans_labels(embedding: np.ndarray, n_clusters: int, *, seed: int, n_init: 
     Above ``max_cells`` rows the centres are fitted on a seeded random subset
     (the centres of an atlas are well placed from a subset; k-means on all of
     it is the slow part) and every row is assigned to its nearest centre.
+    From :data:`DEVICE_KMEANS_MIN_CELLS` rows on an accelerator, the same
+    algorithm runs there (:func:`~scllm_jax.device_kmeans.device_kmeans`).
     """
-    from sklearn.cluster import KMeans
-
-    embedding = np.asarray(embedding, dtype=np.float64)
     fit_rows = embedding
     if embedding.shape[0] > max_cells:
         rows = np.random.default_rng(seed).choice(embedding.shape[0], max_cells, replace=False)
         fit_rows = embedding[np.sort(rows)]
-    kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(fit_rows)
+    if embedding.shape[0] >= DEVICE_KMEANS_MIN_CELLS and on_accelerator():
+        # The same algorithm on the accelerator: restarts side by side, every cell assigned there.
+        from .device_kmeans import device_kmeans, nearest_centres
+
+        centres, _ = device_kmeans(fit_rows, n_clusters, seed=seed, n_init=n_init)
+        return nearest_centres(embedding, centres)
+    from sklearn.cluster import KMeans
+
+    embedding = np.asarray(embedding, dtype=np.float64)
+    kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(np.asarray(fit_rows, np.float64))
     return kmeans.predict(embedding).astype(np.int64)
 
 
@@ -152,8 +164,9 @@ def weighted_ward(points: np.ndarray, weights: np.ndarray, n_clusters: int) -> n
 def cluster_means(embedding: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
     """Mean embedding of each cluster ``0..n_clusters-1`` (zeros for an empty one): the centres of a partition."""
     counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
-    sums = np.zeros((n_clusters, embedding.shape[1]))
-    np.add.at(sums, labels, embedding)
+    # One bincount per feature: np.add.at over a million rows took seconds.
+    sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters) for column in
+                     np.asarray(embedding, np.float64).T], axis=1).reshape(n_clusters, -1)
     return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 
@@ -298,6 +311,7 @@ def initial_partition(latent: np.ndarray, principal_components: np.ndarray, adja
     """
     if method not in INITIALISATIONS:
         raise ValueError(f"Unknown initialisation {method!r}; use one of {INITIALISATIONS}.")
+    start = time.perf_counter()
     candidates: dict[str, np.ndarray] = {}
     if method == "pca_ward":
         candidates["pca_ward"] = ward_labels(principal_components, n_clusters, seed=seed)
@@ -315,8 +329,8 @@ def initial_partition(latent: np.ndarray, principal_components: np.ndarray, adja
     scores = {name: separation(principal_components, labels, seed=seed) for name, labels in candidates.items()}
     chosen = max(scores, key=scores.get) if method == "select" else next(iter(candidates))
     sizes = {name: sorted(np.bincount(labels).tolist(), reverse=True) for name, labels in candidates.items()}
-    logger.info("initial partition: %s (silhouette on the principal components: %s)", chosen,
-                ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    logger.info("initial partition: %s (silhouette on the principal components: %s) in %.1f s", chosen,
+                ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), time.perf_counter() - start)
     return InitialPartition(candidates[chosen], chosen, scores, sizes)
 
 
@@ -458,10 +472,14 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     from .validation import distinct_profiles
 
     reference_name = f"pca_{reference}"
+    start = time.perf_counter()
     pca_labels = reference_labels(principal_components, n_clusters, reference=reference, seed=seed,
                                   n_init=n_init, max_cells=max_cells)
+    reference_seconds, start = time.perf_counter() - start, time.perf_counter()
     spaces = {"pca": neighbours[:, :n_neighbors],
               "embedding": knn_indices(np.asarray(embedding, np.float32), n_neighbors, seed=seed)}
+    logger.info("reference clustering (%s) in %.1f s, neighbours in the clustering space in %.1f s", reference,
+                reference_seconds, time.perf_counter() - start)
     head_clusters = int(np.unique(head_labels).size)
     scores = {}
     for name, labels in (("head", head_labels), (reference_name, pca_labels)):

@@ -145,19 +145,70 @@ def test_full_embedding_pass_equals_the_full_graph_encoder():
                                atol=1e-5)
 
 
-def test_device_knn_recalls_exact_neighbours():
+@pytest.mark.parametrize("n_cells, blocks", [(3000, dict(query_block=700, candidate_block=1100)),
+                                             (3000, {}), (40, dict(group=32))])
+def test_device_knn_finds_the_exact_neighbours(n_cells, blocks):
     from sklearn.neighbors import NearestNeighbors
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 30)) * 3
-    features = (centres[rng.integers(0, 20, 3000)] + rng.normal(size=(3000, 30))).astype(np.float32)
-    # Blocks that do not divide the cells: padding queries and candidates.
-    found = device_knn(features, 16, query_block=700, candidate_block=1100)
-    _, exact = NearestNeighbors(n_neighbors=16).fit(features).kneighbors(features)
+    features = (centres[rng.integers(0, 20, n_cells)] + rng.normal(size=(n_cells, 30))).astype(np.float32)
+    # Blocks that do not divide the cells (padding queries and candidates); 40 cells: groups of 2, so that
+    # 16 groups still hold real cells.
+    found = device_knn(features, 16, **blocks)
+    distances, exact = NearestNeighbors(n_neighbors=16).fit(features).kneighbors(features)
     recall = np.mean([len(set(a) & set(b)) / 16 for a, b in zip(found, exact)])
-    assert recall >= 0.99
-    np.testing.assert_array_equal(found[:, 0], np.arange(3000))
-    assert found.max() < 3000
+    assert recall >= 0.999
+    np.testing.assert_array_equal(found[:, 0], np.arange(n_cells))
+    assert found.max() < n_cells
+    # Nearest first.
+    found_distances = np.linalg.norm(features[found] - features[:, None, :], axis=2)
+    assert np.all(np.diff(found_distances, axis=1) >= -1e-4)
+
+
+def test_device_kmeans_matches_scikit_learn():
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    from scllm_jax.device_kmeans import device_kmeans, nearest_centres
+
+    rng = np.random.default_rng(1)
+    sizes = [1200, 500, 200, 60, 40]  # very unequal clusters
+    truth = np.repeat(np.arange(5), sizes)
+    points = (rng.normal(size=(5, 12)) * 4)[truth] + rng.normal(size=(truth.size, 12))
+    centres, inertia = device_kmeans(points, 5, seed=0, n_init=8)
+    labels = nearest_centres(points, centres, block=700)  # several blocks, the last padded
+    reference = KMeans(5, n_init=8, random_state=0).fit(points)
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert inertia == pytest.approx(reference.inertia_, rel=1e-4)
+    distances = ((points[:, None, :] - centres[None]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(labels, np.argmin(distances, axis=1))
+    # More clusters than the data holds: still K centres, the lowest inertia found no worse than scikit-learn's.
+    _, inertia = device_kmeans(points, 12, seed=3, n_init=4)
+    assert inertia <= 1.02 * KMeans(12, n_init=4, random_state=3).fit(points).inertia_
+
+
+def test_kmeans_labels_on_an_accelerator_equal_the_host(monkeypatch):
+    from sklearn.metrics import adjusted_rand_score
+
+    import scllm_jax.partition as partition
+
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 6, 3000)
+    points = ((rng.normal(size=(6, 10)) * 4)[truth] + rng.normal(size=(3000, 10))).astype(np.float32)
+    host = partition.kmeans_labels(points, 6, seed=0, n_init=4, max_cells=1000)
+    monkeypatch.setattr(partition, "on_accelerator", lambda: True)
+    monkeypatch.setattr(partition, "DEVICE_KMEANS_MIN_CELLS", 1000)
+    import scllm_jax.device_kmeans as device_kmeans
+
+    fitted_rows = []
+    original = device_kmeans.device_kmeans
+    monkeypatch.setattr(device_kmeans, "device_kmeans",
+                        lambda rows, *args, **kwargs: fitted_rows.append(len(rows)) or original(rows, *args, **kwargs))
+    device = partition.kmeans_labels(points, 6, seed=0, n_init=4, max_cells=1000)
+    assert fitted_rows == [1000]  # the device path ran, on the seeded subset
+    assert adjusted_rand_score(host, device) == 1.0
+    assert adjusted_rand_score(truth, device) == 1.0
 
 
 def test_device_moments_and_projection_equal_the_host_loop():
