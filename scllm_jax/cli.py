@@ -6,8 +6,11 @@ import argparse
 import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def _config_file(path: str) -> dict:
@@ -96,16 +99,20 @@ def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
     from .io import write_h5ad
 
     key = "scllm"
+    start = time.perf_counter()
     tl.cluster(adata, args.n_clusters, layer=getattr(args, "layer", None), key_added=key, config=args.settings,
                progress=not args.quiet, gene_symbols_key=getattr(args, "gene_symbols_key", None))
     timings = adata.uns[key]["timings"]
+    logger.info("clustered and annotated in %.1f s (fit %.1f s)", time.perf_counter() - start, timings["total"])
     asked, found = adata.uns[key]["params"]["n_clusters"], adata.uns[key]["n_clusters_found"]
     clusters = f"{found}" if found == asked else f"{found} non-empty of {asked} asked for"
     print(f"clusters: {clusters}  fit: {timings['total']:.1f} s")
     _print_knowledge(adata, key)
     if args.label_key:
         _print_metrics(adata, key, args.label_key)
+    start = time.perf_counter()
     write_h5ad(adata, out)
+    logger.info("wrote %s in %.1f s", out, time.perf_counter() - start)
     print(f"wrote {out}")
     if plots is not None:
         for path in _write_plots(adata, key, args.label_key, plots):
@@ -120,7 +127,10 @@ def cmd_cluster(args) -> None:
     out = check_output_file(args.out)
     if args.plots:
         check_output_folder(args.plots, "--plots")
+    start = time.perf_counter()
     adata = read(args.input, label_key=args.label_key or "cell_type")
+    logger.info("read %s (%d cells x %d genes) in %.1f s", args.input, adata.n_obs, adata.n_vars,
+                time.perf_counter() - start)
     if args.label_key and args.label_key not in adata.obs:
         raise KeyError(f"No obs column '{args.label_key}' in {args.input}; columns are "
                        f"{list(adata.obs.columns)}. Drop --label-key or name an existing column.")

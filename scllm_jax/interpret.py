@@ -27,15 +27,20 @@ def cluster_markers(log_expression: sp.csr_matrix, gene_names: np.ndarray, label
     n_total = matrix.shape[0]
     total_sum = np.asarray(matrix.sum(axis=0)).ravel()
     total_sq = np.asarray(squares.sum(axis=0)).ravel()
+    clusters, codes = np.unique(labels, return_inverse=True)
+    # Every cluster's sums in one pass over the matrix (a cluster x cell indicator times it), instead of
+    # copying each cluster's rows out: seconds at a million cells.
+    membership = sp.csr_matrix((np.ones(n_total, matrix.dtype), (codes, np.arange(n_total))),
+                               shape=(clusters.size, n_total))
+    sums, sums_sq = (membership @ matrix).toarray(), (membership @ squares).toarray()
     markers = {}
-    for cluster in np.unique(labels):
-        inside = labels == cluster
+    for code, cluster in enumerate(clusters):
+        inside = codes == code
         n_in, n_out = int(inside.sum()), n_total - int(inside.sum())
         if n_out == 0:
             markers[int(cluster)] = []
             continue
-        sum_in = np.asarray(matrix[inside].sum(axis=0)).ravel()
-        sq_in = np.asarray(squares[inside].sum(axis=0)).ravel()
+        sum_in, sq_in = sums[code], sums_sq[code]
         mean_in, mean_out = sum_in / n_in, (total_sum - sum_in) / n_out
         var_in = np.maximum(sq_in / n_in - mean_in ** 2, 0)
         var_out = np.maximum((total_sq - sq_in) / n_out - mean_out ** 2, 0)

@@ -153,6 +153,7 @@ class ScllmModel:
                                  n_neighbors=config.selection_neighbors, reference=config.reference_clustering,
                                  max_cells=config.kmeans_max_cells)
         self.timings["selection"] = time.perf_counter() - start_selection
+        logger.info("final partition: %s, in %.1f s", choice.chosen, self.timings["selection"])
         self.result.labels, self.selection_ = choice.labels, choice.summary()
         self._reference_labels = None if choice.chosen == "head" else choice.labels
         self.timings.update({f"train_{k}": v for k, v in self.result.seconds.items()})
