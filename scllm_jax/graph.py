@@ -64,7 +64,8 @@ _GROUP = 32
 
 
 def device_knn(features: np.ndarray, k: int, *, query_block: int = _QUERY_BLOCK,
-               candidate_block: int = _CANDIDATE_BLOCK, group: int = _GROUP) -> np.ndarray:
+               candidate_block: int = _CANDIDATE_BLOCK, group: int = _GROUP,
+               precision: jax.lax.Precision = jax.lax.Precision.HIGH) -> np.ndarray:
     """Exact ``k`` nearest cells of every cell (itself included), by blocked search on the default device.
 
     Two passes per block of queries, memory one block pair and never N x N:
@@ -76,8 +77,11 @@ def device_knn(features: np.ndarray, k: int, *, query_block: int = _QUERY_BLOCK,
     2. The ``k`` groups of smallest minima hold every one of the ``k``
        nearest candidates (each candidate nearer than the ``k``-th nearest
        lies in a group whose minimum is nearer still, and at most ``k`` groups
-       hold such a candidate), so the exact distances of those ``k * group``
-       candidates, ranked, give the answer.
+       hold such a candidate). The ``2 k`` groups of smallest minima are
+       taken, a margin for the rounding of the product's ``precision``
+       (``HIGH``: three bf16 products on a GPU's tensor cores, about float32's
+       accuracy; a CPU computes float32 whatever is asked), and the exact
+       float32 distances of their members, ranked, give the answer.
 
     A top-k over ``N / group`` minima and one over ``k * group`` distances
     replace a top-k over all N scores per query, which dominated the search
@@ -102,6 +106,7 @@ def device_knn(features: np.ndarray, k: int, *, query_block: int = _QUERY_BLOCK,
     points = jnp.asarray(padded)
     # Padding candidates are never chosen.
     norms = jnp.where(jnp.arange(n_padded) < n_cells, jnp.sum(points * points, axis=1), jnp.inf)
+    n_groups = min(2 * k, n_padded // group)
     n_query_blocks = -(-n_cells // query_block)
     queries = np.zeros((n_query_blocks * query_block, n_dims), np.float32)
     queries[:n_cells] = features
@@ -115,12 +120,12 @@ def device_knn(features: np.ndarray, k: int, *, query_block: int = _QUERY_BLOCK,
             def group_minima(_, block):
                 block_points, block_norms = block
                 scores = block_norms[None, :] - 2.0 * jnp.matmul(block_queries, block_points.T,
-                                                                 precision=jax.lax.Precision.HIGHEST)
+                                                                 precision=precision)
                 return None, scores.reshape(query_block, -1, group).min(axis=2)
 
             _, minima = jax.lax.scan(group_minima, None, blocks)  # (candidate blocks, queries, groups)
             minima = jnp.transpose(minima, (1, 0, 2)).reshape(query_block, -1)
-            _, nearest_groups = jax.lax.top_k(-minima, k)
+            _, nearest_groups = jax.lax.top_k(-minima, n_groups)
             members = (nearest_groups[:, :, None] * group + jnp.arange(group)).reshape(query_block, -1)
             offsets = points[members] - block_queries[:, None, :]
             distances = jnp.where(members < n_cells, jnp.sum(offsets * offsets, axis=2), jnp.inf)

@@ -13,6 +13,9 @@ a saved model needs.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import time
 
 import anndata as ad
 import jax
@@ -27,6 +30,8 @@ from .device_rows import SCALE_CLIP as _SCALE_CLIP
 from .parallel import on_accelerator
 from .validation import (VALUE_KINDS, CheckedExpression, InputError, check_expression, choose_layer, matrix_of,
                          row_chunks, where)
+
+logger = logging.getLogger(__name__)
 
 #: Cells read from a backed file at a time (memory: this many rows of the sparse matrix).
 _CHUNK_CELLS = 20_000
@@ -171,11 +176,44 @@ def _log_normalise(matrix, kind: str, target_sum: float, log_base: float | None 
     scale = (target_sum / np.maximum(totals, 1e-12)).astype(np.float32)
     # Each stored value times its row's scale, in new arrays (csr may share the caller's), then log1p:
     # the float32 products of multiplying by a diagonal matrix, without building one more matrix.
-    out = sp.csr_matrix((data * np.repeat(scale, np.diff(csr.indptr)), csr.indices.copy(), csr.indptr.copy()),
-                        shape=csr.shape)
-    out.sum_duplicates()
-    out.data = np.log1p(out.data)
-    out.eliminate_zeros()
+    if csr.has_canonical_format:
+        logged = _scaled_log1p(data, csr.indptr, scale)
+    else:  # duplicates are summed after scaling, as the product by a diagonal matrix did
+        summed = sp.csr_matrix((data * np.repeat(scale, np.diff(csr.indptr)), csr.indices.copy(),
+                                csr.indptr.copy()), shape=csr.shape)
+        summed.sum_duplicates()
+        csr, logged = summed, np.log1p(summed.data)
+    out = sp.csr_matrix((logged, csr.indices.copy(), csr.indptr.copy()), shape=csr.shape)
+    if np.count_nonzero(out.data) < out.nnz:
+        out.eliminate_zeros()
+    return out
+
+
+def _scaled_log1p(data: np.ndarray, indptr: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``log1p(data * scale[row])`` of the stored values of a CSR matrix, rows split over threads.
+
+    NumPy releases the GIL in these loops, so a many-core host normalises an
+    atlas several times faster; every value gets the same two float32
+    operations as in one thread.
+    """
+    out = np.empty(data.shape, np.float32)
+    n_rows = indptr.size - 1
+    n_parts = max(1, min(os.cpu_count() or 1, 16, data.size // 1_000_000))
+    bounds = np.linspace(0, n_rows, n_parts + 1).astype(np.int64)
+
+    def part(first: int, last: int) -> None:
+        start, stop = indptr[first], indptr[last]
+        row_scale = np.repeat(scale[first:last], np.diff(indptr[first:last + 1]))
+        np.multiply(data[start:stop], row_scale, out=out[start:stop])
+        np.log1p(out[start:stop], out=out[start:stop])
+
+    if n_parts == 1:
+        part(0, n_rows)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n_parts) as pool:
+        list(pool.map(part, bounds[:-1], bounds[1:]))
     return out
 
 
@@ -307,8 +345,10 @@ class Preprocessor:
         -------
         (Preprocessor, PreparedData)
         """
+        start = time.perf_counter()
         layer = choose_layer(adata, layer, chunk_cells=_CHUNK_CELLS)
         checked = check_expression(adata, layer, chunk_cells=_CHUNK_CELLS)
+        logger.info("values checked (%s) in %.1f s", checked.kind, time.perf_counter() - start)
         keep = checked.cells_per_gene >= min(config.min_cells_per_gene, max(1, adata.n_obs // 2))
         if keep.sum() < 2:
             raise InputError(f"Only {int(keep.sum())} genes are expressed in at least "
@@ -319,6 +359,7 @@ class Preprocessor:
         matrix = sp.csr_matrix(matrix_of(adata, layer), dtype=np.float32)
         log_expression = _log_normalise(_columns(matrix, keep), checked.kind, config.target_sum, checked.log_base)
         hvg = _highly_variable(log_expression, config.n_top_genes)
+        logger.info("normalised and %d variable genes chosen in %.1f s", hvg.size, time.perf_counter() - start)
         if adata.n_obs >= config.minibatch_min_cells:
             return cls._fit_in_blocks(checked, gene_names, _columns(log_expression, hvg), hvg, config)
         dense = log_expression[:, hvg].toarray()
@@ -390,6 +431,7 @@ class Preprocessor:
         the eigendecomposition of the covariance of the scaled, clipped data,
         accumulated over blocks of cells (exact, memory genes x genes).
         """
+        began = time.perf_counter()
         n_cells, n_genes = log_hvg.shape
         mean, mean_sq = _column_means(log_hvg)
         std = np.sqrt(np.maximum(mean_sq - mean ** 2, 0.0))
@@ -421,6 +463,8 @@ class Preprocessor:
             pca = np.empty((n_cells, n_pcs), np.float32)
             for start, block in expression.blocks():
                 pca[start:start + block.shape[0]] = state._project(block)
+        logger.info("scaled and projected on %d principal components (%s) in %.1f s", n_pcs,
+                    "on the device" if on_device else "on the host", time.perf_counter() - began)
         return state, PreparedData(log_hvg, state.hvg_names, expression, pca)
 
     def transform(self, adata: ad.AnnData, *, layer: str | None = None) -> PreparedData:

@@ -471,15 +471,33 @@ def pretrain(data, config: ScllmConfig, n_clusters: int = 1, *, progress: bool =
     return run.graphdef, run.params, run.history, run.seconds
 
 
+def _on_host():
+    """A context that makes the host's CPU the default device (nothing changes on a CPU-only run)."""
+    import contextlib
+
+    from .parallel import on_accelerator
+
+    if not on_accelerator():
+        return contextlib.nullcontext()
+    try:
+        return jax.default_device(jax.local_devices(backend="cpu")[0])
+    except RuntimeError:  # JAX_PLATFORMS left the CPU out: build on the accelerator
+        return contextlib.nullcontext()
+
+
 def _pretrain_run(engine, config: ScllmConfig, checkpointer, n_clusters: int, *, progress: bool,
                   resume: dict | None = None, on_step=None) -> _Run:
     # Built with its K: the centres (zeros, created after every other layer, so no other weight changes)
     # get no gradient before the clustering phase sets them.
-    graphdef, params = nnx.split(build_network(*engine.dims(), n_clusters, config), nnx.Param)
+    began = time.perf_counter()
+    # Built on the host: on a GPU each of the initialisers' small eager operations would be compiled first.
+    with _on_host():
+        graphdef, params = nnx.split(build_network(*engine.dims(), n_clusters, config), nnx.Param)
     optimizer = optax.adam(config.learning_rate)
     params = engine.place(params)
     opt_state = engine.place(optimizer.init(params))
     engine.compile(graphdef, optimizer)
+    logger.info("network built and placed in %.1f s", time.perf_counter() - began)
     run = _Run(engine, config, "pretrain", graphdef, params, opt_state, jax.random.key(config.seed), checkpointer,
                0, {})
     if resume is not None:

@@ -230,3 +230,21 @@ def test_device_moments_and_projection_equal_the_host_loop():
     centre = dense.mean(axis=0).astype(np.float32)
     np.testing.assert_allclose(blocks.project(centre, components), (dense - centre) @ components.T, rtol=1e-4,
                                atol=1e-4)
+
+
+def test_compilation_cache_is_kept_on_an_accelerator_only(monkeypatch, tmp_path):
+    import scllm_jax.parallel as parallel
+
+    assert parallel.use_compilation_cache() is None  # this machine's CPU: nothing kept
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setattr(parallel, "on_accelerator", lambda: True)
+    monkeypatch.setenv(parallel.COMPILATION_CACHE_ENV, "0")
+    assert parallel.use_compilation_cache() is None  # turned off
+    monkeypatch.setenv(parallel.COMPILATION_CACHE_ENV, "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    try:
+        folder = parallel.use_compilation_cache()
+        assert folder == str(tmp_path / "scllm-jax" / "xla")
+        assert jax.config.jax_compilation_cache_dir == folder
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
