@@ -146,7 +146,8 @@ def test_full_embedding_pass_equals_the_full_graph_encoder():
 
 
 @pytest.mark.parametrize("n_cells, blocks", [(3000, dict(query_block=700, candidate_block=1100)),
-                                             (3000, {}), (40, dict(group=32))])
+                                             (3000, dict(precision=jax.lax.Precision.HIGH)),
+                                             (40, dict(group=32))])
 def test_device_knn_finds_the_exact_neighbours(n_cells, blocks):
     from sklearn.neighbors import NearestNeighbors
 
