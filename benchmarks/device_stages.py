@@ -24,7 +24,18 @@ from pathlib import Path
 from tsv_rows import append_row
 
 COLUMNS = ["n_cells", "stages", "seed", "pretrain_epochs", "cluster_epochs", "ari", "preprocess_s", "graph_s",
-           "total_s"]
+           "total_s", "commit"]
+
+
+def _commit() -> str:
+    """The checkout's short commit, ``+`` when it has uncommitted changes."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+
+    return git("rev-parse", "--short", "HEAD").strip() + ("+" if git("status", "--porcelain", "--", "..").strip()
+                                                          else "")
 
 
 def main() -> None:
@@ -59,7 +70,7 @@ def main() -> None:
                 "n_cells": args.cells, "stages": stages, "seed": seed, "pretrain_epochs": args.epochs[0],
                 "cluster_epochs": args.epochs[1], "ari": round(adjusted_rand_score(truth, model.labels_), 4),
                 "preprocess_s": round(model.timings["preprocess"], 1), "graph_s": round(model.timings["graph"], 1),
-                "total_s": round(time.perf_counter() - start, 1)})
+                "total_s": round(time.perf_counter() - start, 1), "commit": _commit()})
 
 
 if __name__ == "__main__":
