@@ -62,8 +62,8 @@ def main() -> None:
         switch = lambda on_device=on_device: on_device  # noqa: E731
         graph.on_accelerator = preprocess.on_accelerator = partition.on_accelerator = switch
         for seed in args.seeds:
-            config = ScllmConfig(seed=seed, minibatch_pretrain_epochs=args.epochs[0],
-                                 minibatch_cluster_epochs=args.epochs[1], kmeans_n_init=4)
+            config = ScllmConfig(seed=seed, pretrain_epochs=args.epochs[0],
+                                 cluster_epochs=args.epochs[1], kmeans_n_init=4)
             start = time.perf_counter()
             model = ScllmModel(config).fit(adata, 20, progress=False)
             append_row(Path(args.out), COLUMNS, {

@@ -76,7 +76,7 @@ def measure(adata, name: str, config=None, short_genes: int = 25) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         cache = EmbeddingCache(folder)
         start = time.perf_counter()
-        embed_texts(["warm-up"], config.language_model, progress=False)  # loads the model once
+        embed_texts(["warm-up"], config.semantic.language_model, progress=False)  # loads the model once
         model_load_s = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -94,11 +94,11 @@ def measure(adata, name: str, config=None, short_genes: int = 25) -> dict:
 
         def path2(n_genes: int) -> None:
             sentences = cell_sentences(prepared.log_expression, table["symbols"], n_genes)
-            sentence_embeddings(sentences, config.language_model, cache=cache, progress=False)
+            sentence_embeddings(sentences, config.semantic.language_model, cache=cache, progress=False)
 
-        path2_s = timed(lambda: path2(config.sentence_genes))
+        path2_s = timed(lambda: path2(config.semantic.sentence_genes))
         short_s = timed(lambda: path2(short_genes))
-        unlimited = config.replace(path2_max_cpu_cells=max(config.path2_max_cpu_cells, prepared.n_cells))
+        unlimited = config.replace(path2_max_cpu_cells=max(config.semantic.path2_max_cpu_cells, prepared.n_cells))
         cached_s = timed(lambda: build_semantic_view(adata, prepared, unlimited, progress=False, cache=cache))
     n_cells, n_embedded = prepared.n_cells, int(table["mask"].sum())
     return {"date": _dt.date.today().isoformat(), "dataset": name, "n_cells": n_cells,
@@ -107,9 +107,9 @@ def measure(adata, name: str, config=None, short_genes: int = 25) -> dict:
             "path1_first_call_s": round(path1_first, 3), "path1_s": round(path1_s, 4),
             "path1_cells_per_s": round(n_cells / path1_s), "path2_s": round(path2_s, 2),
             "path2_cells_per_s": round(n_cells / path2_s, 1), "cached_rerun_s": round(cached_s, 2),
-            "torch_threads": torch.get_num_threads(), "language_model": config.language_model,
+            "torch_threads": torch.get_num_threads(), "language_model": config.semantic.language_model,
             "genes_from_shipped_file": int(table["n_shipped"]), "device": default_device(),
-            "sentence_genes": config.sentence_genes, "path2_short_genes": short_genes,
+            "sentence_genes": config.semantic.sentence_genes, "path2_short_genes": short_genes,
             "path2_short_s": round(short_s, 2), "path2_short_cells_per_s": round(n_cells / short_s, 1)}
 
 

@@ -55,12 +55,12 @@ def diagnose(path: Path, seed: int) -> dict:
     n_clusters = len(set(truth))
     config = ScllmConfig(seed=seed, use_semantic=False)
     _, prepared = Preprocessor.fit(adata, config)
-    indices = knn_indices(prepared.pca, config.n_neighbors, seed=seed)
+    indices = knn_indices(prepared.pca, config.graph.n_neighbors, seed=seed)
     data = training_data(prepared.pca, np.asarray(prepared.expression),
                          graph_from_adjacency(normalized_adjacency(indices), prepared.pca), None)
     graphdef, params, _, _ = pretrain(data, config, progress=False)
     latent = np.asarray(make_embed(graphdef)(params, data)[0])
-    overlap = knn_overlap(knn_indices(latent, config.n_neighbors, seed=seed), indices)
+    overlap = knn_overlap(knn_indices(latent, config.graph.n_neighbors, seed=seed), indices)
     score = {name: cluster_metrics(truth, kmeans_labels(space, n_clusters, seed=seed, n_init=20))["ARI"]
              for name, space in (("pca", prepared.pca), ("latent", latent))}
     counts = np.unique(truth, return_counts=True)[1]

@@ -100,8 +100,8 @@ def run_one(args: argparse.Namespace) -> dict:
         adata = synthetic_atlas(n, args.n_genes, args.n_clusters, seed=args.seed, n_jobs=args.generate_jobs)
     generate_s = time.perf_counter() - start
     logging.info("generated %d cells in %.1f s%s", n, generate_s, " (written, opened backed)" if args.backed else "")
-    changes = dict(seed=args.seed, minibatch_pretrain_epochs=args.minibatch_epochs[0],
-                   minibatch_cluster_epochs=args.minibatch_epochs[1], kmeans_n_init=args.kmeans_n_init)
+    changes = dict(seed=args.seed, pretrain_epochs=args.minibatch_epochs[0],
+                   cluster_epochs=args.minibatch_epochs[1], kmeans_n_init=args.kmeans_n_init)
     if args.mode == "minibatch":
         changes["minibatch_min_cells"] = 1
     elif args.mode == "full":
@@ -121,7 +121,7 @@ def run_one(args: argparse.Namespace) -> dict:
             "generate_s": round(generate_s, 2), "preprocess_s": round(model.timings["preprocess"], 2),
             "graph_s": round(model.timings["graph"], 2), "semantic_s": round(model.timings.get("semantic", 0.0), 2),
             "pretrain_epochs": result.pretrain_epochs, "cluster_epochs": result.cluster_epochs,
-            "steps_per_epoch": -(-n // config.minibatch_size) if minibatch else 1,
+            "steps_per_epoch": -(-n // config.train.minibatch_size) if minibatch else 1,
             "s_per_epoch": round(fit_s / max(epochs, 1), 4), "fit_s": round(fit_s, 2),
             "total_s": round(model.timings["total"], 2),
             # ru_maxrss is in KiB on Linux.

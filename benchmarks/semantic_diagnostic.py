@@ -101,7 +101,7 @@ def diagnose(adata, name: str, neighbours: int = 15, with_path2: bool = True) ->
         if weights == "tfidf":
             genes = postprocess_gene_embeddings(table["embeddings"], table["mask"], post)
             return abundance_weighted_embedding(matrix @ sp.diags(idf.astype(np.float32)), genes,
-                                                config.top_k_genes, gene_mask=table["mask"])
+                                                config.semantic.top_k_genes, gene_mask=table["mask"])
         return path1_embedding(prepared, table, config.replace(path1_weights=weights, gene_postprocess=post))
 
     for view, weights, post in variants():
@@ -116,12 +116,12 @@ def diagnose(adata, name: str, neighbours: int = 15, with_path2: bool = True) ->
         for key, data, ready in (("real", adata, prepared), ("permuted", permuted, prepared_permuted)):
             path2 = build_semantic_view(data, ready, only_path2, progress=False).cell_embeddings
             path1 = path1_embedding(ready, tables[key == "permuted"], config)
-            views[key] = {"path2": path2, "fused": fuse_views(path1, path2, config.fusion_weight)}
+            views[key] = {"path2": path2, "fused": fuse_views(path1, path2, config.semantic.fusion_weight)}
         for view in ("path2", "fused"):
             text = views["real"][view]
             rows.append({"dataset": name, "view": view,
-                         "path1_weights": config.path1_weights if view == "fused" else "",
-                         "gene_postprocess": config.gene_postprocess if view == "fused" else "",
+                         "path1_weights": config.semantic.path1_weights if view == "fused" else "",
+                         "gene_postprocess": config.semantic.gene_postprocess if view == "fused" else "",
                          "kmeans_ARI": kmeans_ari(text), "knn_overlap_with_pca": overlap(text),
                          "kmeans_ARI_permuted_symbols": kmeans_ari(views["permuted"][view])})
             print(_line(rows[-1]), flush=True)

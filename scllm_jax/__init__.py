@@ -5,10 +5,12 @@ Namespaces follow scanpy: :mod:`scllm_jax.tl` (clustering into an AnnData),
 """
 
 from . import cli, datasets, metrics, pl, tl
-from .config import ScllmConfig
+from .config import (ClusteringConfig, GraphConfig, NetworkConfig, PreprocessConfig, ScllmConfig, SemanticConfig,
+                     TrainConfig)
 from .io import read
 from .model import ScllmModel
 from .validation import InputError
 
-__all__ = ["ScllmConfig", "ScllmModel", "InputError", "cli", "datasets", "metrics", "pl", "read", "tl"]
+__all__ = ["ScllmConfig", "PreprocessConfig", "GraphConfig", "SemanticConfig", "NetworkConfig", "TrainConfig",
+           "ClusteringConfig", "ScllmModel", "InputError", "cli", "datasets", "metrics", "pl", "read", "tl"]
 __version__ = "0.1.0"

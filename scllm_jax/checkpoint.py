@@ -35,7 +35,7 @@ from .validation import InputError
 
 logger = logging.getLogger(__name__)
 
-#: Configuration fields that do not change what a run computes: left out of its fingerprint.
+#: Settings of the ``train`` section that do not change what a run computes: left out of its fingerprint.
 _BOOKKEEPING = ("checkpoint_dir", "checkpoint_every", "checkpoint_restart")
 _RUN_FILE = "run.json"
 _AFRESH = "pass checkpoint_restart=True (--restart) to discard it and start afresh"
@@ -62,7 +62,8 @@ def run_fingerprint(config, n_clusters: int, dims: tuple, data: dict | None = No
         What the caller knows of the data, e.g. a digest of the values read
         and the preprocessing applied.
     """
-    settings = {k: v for k, v in config.to_dict().items() if k not in _BOOKKEEPING}
+    settings = config.to_dict()
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in _BOOKKEEPING}
     return json.loads(json.dumps({"config": settings, "n_clusters": int(n_clusters), "dims": list(dims),
                                   "layout": CHECKPOINT_LAYOUT, **(data or {})}))
 

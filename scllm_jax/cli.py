@@ -52,7 +52,7 @@ def _config(args):
     except (ValueError, TypeError) as error:
         source = f"--config {args.config}" if getattr(args, "config", None) else "the options"
         raise InputError(f"{source}: {error}") from error
-    if config.checkpoint_restart and config.checkpoint_dir is None:
+    if config.train.checkpoint_restart and config.train.checkpoint_dir is None:
         raise InputError("--restart discards the checkpoints of a checkpoint folder, but none is given; add "
                          "--checkpoint-dir DIR (or checkpoint_dir in --config), or drop --restart.")
     return config
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KeyboardInterrupt:
         settings = getattr(args, "settings", None)
-        kept = (f"; the last checkpoint in {settings.checkpoint_dir} is intact: run the same command to resume"
-                if settings is not None and settings.checkpoint_dir else "")
+        kept = (f"; the last checkpoint in {settings.train.checkpoint_dir} is intact: run the same command to resume"
+                if settings is not None and settings.train.checkpoint_dir else "")
         print(f"error: interrupted (Ctrl-C); results are written only when a run completes{kept}.",
               file=sys.stderr)
         return 130

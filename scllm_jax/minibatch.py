@@ -219,7 +219,7 @@ def minibatch_data(features: np.ndarray, expression: Any, adjacency: sp.csr_matr
         row_entries = np.diff(expression.log_expression.indptr)
         row_piece = piece_of_rows(np.asarray(tables.expression.piece_rows), n_cells)
     size = mesh.devices.size
-    batch_size = -(-min(config.minibatch_size, n_cells) // size) * size
+    batch_size = -(-min(config.train.minibatch_size, n_cells) // size) * size
     return MinibatchData(tables, np.diff(adjacency.indptr), row_entries, row_piece, n_cells, mesh, batch_size)
 
 
@@ -324,9 +324,9 @@ def minibatch_loss_terms(network, tables: Tables, batch: Batch, config: ScllmCon
     """Every active loss term on one batch (KL only when ``tables.target_p`` is set)."""
     latent = encode_batch(network, tables, batch)
     terms = {"rec": reconstruction_loss(network.decoder(latent), batch.target),
-             "ncut": batch_ncut_loss(latent, tables, batch, config.ncut_eta)}
+             "ncut": batch_ncut_loss(latent, tables, batch, config.train.ncut_eta)}
     text = None if tables.text is None else tables.text[batch.cells]
-    if network.has_text and config.use_infonce:
+    if network.has_text and config.train.use_infonce:
         positives = alignment_positives(config, batch.cells, tables.latent.shape[0], batch.senders,
                                         batch.cells[batch.receivers], batch.weights > 0, tables.target_p)
         terms["align"] = alignment_term(network, latent, text, config, positives)

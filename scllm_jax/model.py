@@ -129,17 +129,17 @@ class ScllmModel:
             # On the principal components (the cell graph's space), not the pre-trained latent:
             # the ncut spreads the latent over all its directions, and Leiden found more
             # communities there (docs/METHOD_NOTES.md).
-            n_clusters = estimate_n_clusters(prepared.pca, n_neighbors=config.n_neighbors,
-                                             resolution=config.leiden_resolution, seed=config.seed)
+            n_clusters = estimate_n_clusters(prepared.pca, n_neighbors=config.graph.n_neighbors,
+                                             resolution=config.clustering.leiden_resolution, seed=config.seed)
             check_n_clusters(n_clusters, adata.n_obs)
         check_cluster_support(prepared.pca, n_clusters)
         cell_graph = knn_adjacency(indices)
 
         def initialise(embedding: np.ndarray, k: int) -> InitialPartition:
-            return initial_partition(embedding, prepared.pca, cell_graph, k, method=config.initialisation,
-                                     seed=config.seed, n_init=config.kmeans_n_init,
-                                     overcluster_factor=config.overcluster_factor,
-                                     max_cells=config.kmeans_max_cells)
+            clustering = config.clustering
+            return initial_partition(embedding, prepared.pca, cell_graph, k, method=clustering.initialisation,
+                                     seed=config.seed, n_init=clustering.kmeans_n_init,
+                                     overcluster_factor=clustering.overcluster_factor)
 
         pre = self.preprocessor
         self.result, graphdef = fit_network(data, config, n_clusters, initialise=initialise, progress=progress,
@@ -148,10 +148,10 @@ class ScllmModel:
         self.n_clusters = int(self.result.assignment.shape[1])
         self._graphdef, self._params = graphdef, self.result.params
         start_selection = time.perf_counter()
+        clustering = config.clustering
         choice = final_partition(self.result.labels, prepared.pca, indices, self.result.embedding, self.n_clusters,
-                                 method=config.final_selection, seed=config.seed, n_init=config.kmeans_n_init,
-                                 n_neighbors=config.selection_neighbors, reference=config.reference_clustering,
-                                 max_cells=config.kmeans_max_cells)
+                                 method=clustering.final_selection, seed=config.seed, n_init=clustering.kmeans_n_init,
+                                 n_neighbors=clustering.selection_neighbors, reference=clustering.reference_clustering)
         self.timings["selection"] = time.perf_counter() - start_selection
         logger.info("final partition: %s, in %.1f s", choice.chosen, self.timings["selection"])
         self.result.labels, self.selection_ = choice.labels, choice.summary()
@@ -163,7 +163,7 @@ class ScllmModel:
 
     def _semantic_view(self, adata: ad.AnnData, prepared: PreparedData, *, gene_symbols_key: str | None,
                        progress: bool) -> np.ndarray | None:
-        if not self.config.use_semantic:
+        if not self.config.semantic.use_semantic:
             self.semantic_info = {"used": False, "reason": "use_semantic=False"}
             return None
         from .semantic import build_semantic_view
@@ -182,8 +182,8 @@ class ScllmModel:
     def _training_data(self, prepared: PreparedData, text: np.ndarray | None):
         """The arrays training reads, the cells' kNN indices, and the seconds it took."""
         start = time.perf_counter()
-        indices = knn_indices(prepared.pca, self.config.n_neighbors,
-                              exact_max_cells=self.config.exact_knn_max_cells, seed=self.config.seed)
+        indices = knn_indices(prepared.pca, self.config.graph.n_neighbors,
+                              exact_max_cells=self.config.graph.exact_knn_max_cells, seed=self.config.seed)
         adjacency = normalized_adjacency(indices)
         self._reference_pca, self._reference_adjacency = prepared.pca, adjacency
         if use_minibatch(prepared.n_cells, self.config):
@@ -191,7 +191,7 @@ class ScllmModel:
             from .parallel import data_mesh
 
             logger.info("%d cells on %d device(s): mini-batch training (minibatch_min_cells=%d)",
-                        prepared.n_cells, jax.device_count(), self.config.minibatch_min_cells)
+                        prepared.n_cells, jax.device_count(), self.config.train.minibatch_min_cells)
             data = minibatch_data(prepared.pca, prepared.expression, adjacency, text, self.config, data_mesh())
         else:
             data = training_data(prepared.pca, np.asarray(prepared.expression),
@@ -276,8 +276,8 @@ class ScllmModel:
             # The fit reported the reference clustering of the principal components: new cells take the
             # cluster of their nearest training cells there.
             reference_vote = assign_by_neighbours(self._reference_pca, self._reference_labels, prepared.pca,
-                                                  self.n_clusters, n_neighbors=self.config.n_neighbors,
-                                                  exact_max_cells=self.config.exact_knn_max_cells,
+                                                  self.n_clusters, n_neighbors=self.config.graph.n_neighbors,
+                                                  exact_max_cells=self.config.graph.exact_knn_max_cells,
                                                   seed=self.config.seed)
             if not return_embedding:  # the network is not needed for these labels
                 return reference_vote
@@ -289,7 +289,7 @@ class ScllmModel:
                                                   paths=self.semantic_info["paths"], progress=progress)
         n_reference, n_new = self._reference_pca.shape[0], prepared.n_cells
         adjacency = attach_cells(self._reference_adjacency, self._reference_pca, prepared.pca,
-                                 self.config.n_neighbors, exact_max_cells=self.config.exact_knn_max_cells,
+                                 self.config.graph.n_neighbors, exact_max_cells=self.config.graph.exact_knn_max_cells,
                                  seed=self.config.seed)
         # Nodes and edges padded to budgets that grow in powers of two (a padding graph that no
         # real node reads), so that one compiled embedding serves many batch sizes.
@@ -311,7 +311,7 @@ class ScllmModel:
             self._embed, self._embed_for = make_embed(self._graphdef), self._graphdef
         _, embedding = self._embed(self._params, data)
         embedding = embedding[n_reference:n_reference + n_new]
-        assignment = student_t_assign(embedding, self._params["centres"][...], self.config.alpha)
+        assignment = student_t_assign(embedding, self._params["centres"][...], self.config.train.alpha)
         labels = np.asarray(jnp.argmax(assignment, axis=1)) if reference_vote is None else reference_vote
         return (labels, np.asarray(embedding)) if return_embedding else labels
 

@@ -23,13 +23,13 @@ def alignment_term(network: ScllmNetwork, latent: jax.Array, text: jax.Array, co
     ``positives``: from :func:`alignment_positives` (``None``: each cell alone).
     """
     text_hat, feature_hat = network.project(latent, text)
-    return alignment_loss(text_hat, feature_hat, config.temperature, config.variance_weight, positives)
+    return alignment_loss(text_hat, feature_hat, config.train.temperature, config.train.variance_weight, positives)
 
 
 def alignment_positives(config: ScllmConfig, cells: jax.Array, n_cells: int, senders: jax.Array,
                         receivers: jax.Array, edge_valid: jax.Array | None,
                         target_p: jax.Array | None) -> jax.Array | None:
-    """Which pairs of the batch's cells the alignment treats as the same (``config.alignment``).
+    """Which pairs of the batch's cells the alignment treats as the same (``config.train.alignment``).
 
     ``"instance"``: none but each cell itself (``None``, the paper's InfoNCE).
     ``"neighbours"``: each cell and its cell-graph neighbours within the batch.
@@ -49,10 +49,10 @@ def alignment_positives(config: ScllmConfig, cells: jax.Array, n_cells: int, sen
     target_p
         ``(n_cells, K)`` clustering target of every cell, ``None`` in pre-training.
     """
-    if config.alignment == "instance":
+    if config.train.alignment == "instance":
         return None
     batch_size = cells.shape[0]
-    if config.alignment == "clusters" and target_p is not None:
+    if config.train.alignment == "clusters" and target_p is not None:
         labels = jnp.argmax(target_p[cells], axis=1)
         return (labels[:, None] == labels[None, :]).astype(jnp.float32)
     # Position of each cell in the batch; batch_size (out of range, dropped) for cells outside it.
@@ -68,12 +68,12 @@ def clustering_term(network: ScllmNetwork, latent: jax.Array, text: jax.Array | 
                     config: ScllmConfig) -> jax.Array:
     """``KL(P || Q)`` of the Student-t assignment of these cells in the cluster space."""
     embedding = network.cluster_space(latent, text)
-    assignment = student_t_assign(embedding, network.centres[...], config.alpha)
+    assignment = student_t_assign(embedding, network.centres[...], config.train.alpha)
     return kl_clustering_loss(target_p, assignment)
 
 
 def total_loss(terms: dict[str, jax.Array], config: ScllmConfig) -> jax.Array:
     """``a L_align + b L_ncut + c L_rec + d L_kl`` over the terms present."""
-    weights = {"align": config.weight_align, "ncut": config.weight_ncut,
-               "rec": config.weight_rec, "kl": config.weight_kl}
+    weights = {"align": config.train.weight_align, "ncut": config.train.weight_ncut,
+               "rec": config.train.weight_rec, "kl": config.train.weight_kl}
     return sum(weights[name] * value for name, value in terms.items())

@@ -63,12 +63,15 @@ WARD_MAX_CELLS = 10_000
 WARD_MICRO_CLUSTERS = 1_000
 #: The micro-clusters' centres are fitted on a seeded subset of at most this many cells.
 WARD_MICRO_FIT_CELLS = 20_000
+#: Above this many cells k-means is fitted on a seeded random subset of this size, then every cell assigned
+#: (the centres of an atlas need not see every cell).
+KMEANS_MAX_CELLS = 100_000
 #: On an accelerator, k-means of this many cells or more runs there (:mod:`~scllm_jax.device_kmeans`).
 DEVICE_KMEANS_MIN_CELLS = 50_000
 
 
 def kmeans_labels(embedding: np.ndarray, n_clusters: int, *, seed: int, n_init: int,
-                  max_cells: int = 100_000) -> np.ndarray:
+                  max_cells: int = KMEANS_MAX_CELLS) -> np.ndarray:
     """k-means (``n_init`` restarts, lowest inertia kept) labels of every row of ``embedding``.
 
     Above ``max_cells`` rows the centres are fitted on a seeded random subset
@@ -282,7 +285,7 @@ class InitialPartition:
 
 def initial_partition(latent: np.ndarray, principal_components: np.ndarray, adjacency: sp.spmatrix,
                       n_clusters: int, *, method: str, seed: int, n_init: int,
-                      overcluster_factor: int, max_cells: int = 100_000) -> InitialPartition:
+                      overcluster_factor: int, max_cells: int = KMEANS_MAX_CELLS) -> InitialPartition:
     """The partition of the pre-trained latent that the clustering head starts from.
 
     Parameters
@@ -378,7 +381,7 @@ class FinalChoice:
 
 
 def reference_labels(principal_components: np.ndarray, n_clusters: int, *, reference: str, seed: int,
-                     n_init: int, max_cells: int = 100_000) -> np.ndarray:
+                     n_init: int, max_cells: int = KMEANS_MAX_CELLS) -> np.ndarray:
     """The clustering of the principal components that the head is checked against.
 
     ``reference="ward"``: :func:`ward_labels`; ``"kmeans"``: :func:`kmeans_labels`
@@ -431,7 +434,7 @@ def assign_by_neighbours(reference: np.ndarray, reference_clusters: np.ndarray, 
 
 def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, neighbours: np.ndarray,
                     embedding: np.ndarray, n_clusters: int, *, method: str, seed: int, n_init: int,
-                    n_neighbors: int, reference: str = "ward", max_cells: int = 100_000) -> FinalChoice:
+                    n_neighbors: int, reference: str = "ward", max_cells: int = KMEANS_MAX_CELLS) -> FinalChoice:
     """The trained head's partition, or a clustering of the principal components if it agrees better with the neighbourhoods.
 
     Parameters

@@ -349,25 +349,26 @@ class Preprocessor:
         layer = choose_layer(adata, layer, chunk_cells=_CHUNK_CELLS)
         checked = check_expression(adata, layer, chunk_cells=_CHUNK_CELLS)
         logger.info("values checked (%s) in %.1f s", checked.kind, time.perf_counter() - start)
-        keep = checked.cells_per_gene >= min(config.min_cells_per_gene, max(1, adata.n_obs // 2))
+        keep = checked.cells_per_gene >= min(config.preprocess.min_cells_per_gene, max(1, adata.n_obs // 2))
         if keep.sum() < 2:
             raise InputError(f"Only {int(keep.sum())} genes are expressed in at least "
-                             f"{config.min_cells_per_gene} cells; the data is too sparse to cluster.")
+                             f"{config.preprocess.min_cells_per_gene} cells; the data is too sparse to cluster.")
         gene_names = np.asarray(adata.var_names, dtype=object)[keep]
         if getattr(adata, "isbacked", False):
             return cls._fit_streaming(adata, config, checked, keep, gene_names)
         matrix = sp.csr_matrix(matrix_of(adata, layer), dtype=np.float32)
-        log_expression = _log_normalise(_columns(matrix, keep), checked.kind, config.target_sum, checked.log_base)
-        hvg = _highly_variable(log_expression, config.n_top_genes)
+        log_expression = _log_normalise(_columns(matrix, keep), checked.kind, config.preprocess.target_sum,
+                                        checked.log_base)
+        hvg = _highly_variable(log_expression, config.preprocess.n_top_genes)
         logger.info("normalised and %d variable genes chosen in %.1f s", hvg.size, time.perf_counter() - start)
-        if adata.n_obs >= config.minibatch_min_cells:
+        if adata.n_obs >= config.train.minibatch_min_cells:
             return cls._fit_in_blocks(checked, gene_names, _columns(log_expression, hvg), hvg, config)
         dense = log_expression[:, hvg].toarray()
         mean = dense.mean(axis=0)
         std = dense.std(axis=0)
         std[std == 0] = 1.0
         scaled = np.clip((dense - mean) / std, -_SCALE_CLIP, _SCALE_CLIP).astype(np.float32)
-        n_pcs = min(config.n_pcs, scaled.shape[0] - 1, scaled.shape[1] - 1)
+        n_pcs = min(config.preprocess.n_pcs, scaled.shape[0] - 1, scaled.shape[1] - 1)
         if n_pcs < 2:
             cells = "1 cell" if adata.n_obs == 1 else f"{adata.n_obs} cells"
             raise InputError(f"{cells} x {scaled.shape[1]} genes is too small to cluster; "
@@ -382,7 +383,7 @@ class Preprocessor:
                 gene_mean: np.ndarray, gene_std: np.ndarray, pca_mean: np.ndarray,
                 pca_components: np.ndarray) -> "Preprocessor":
         return cls(gene_names=gene_names, hvg_names=gene_names[hvg], values=checked.kind, layer=checked.layer,
-                   target_sum=config.target_sum, gene_mean=np.asarray(gene_mean, np.float32),
+                   target_sum=config.preprocess.target_sum, gene_mean=np.asarray(gene_mean, np.float32),
                    gene_std=np.asarray(gene_std, np.float32), pca_mean=np.asarray(pca_mean, np.float32),
                    pca_components=np.asarray(pca_components, np.float32), input_digest=checked.digest,
                    log_base=checked.log_base)
@@ -403,10 +404,10 @@ class Preprocessor:
 
         def log_chunks():
             for _, chunk in row_chunks(adata, _CHUNK_CELLS, checked.layer):
-                yield _log_normalise(sp.csr_matrix(chunk[:, kept]), checked.kind, config.target_sum,
+                yield _log_normalise(sp.csr_matrix(chunk[:, kept]), checked.kind, config.preprocess.target_sum,
                                      checked.log_base)
 
-        if kept.size <= config.n_top_genes:
+        if kept.size <= config.preprocess.n_top_genes:
             hvg = np.arange(kept.size)
         else:
             total, total_sq = np.zeros(kept.size), np.zeros(kept.size)
@@ -414,7 +415,7 @@ class Preprocessor:
                 counts = _delogged(log)
                 total += np.asarray(counts.sum(axis=0)).ravel()
                 total_sq += np.asarray(counts.multiply(counts).sum(axis=0)).ravel()
-            hvg = _top_dispersed(total / n_cells, total_sq / n_cells, n_cells, config.n_top_genes)
+            hvg = _top_dispersed(total / n_cells, total_sq / n_cells, n_cells, config.preprocess.n_top_genes)
         log_hvg = sp.vstack([log[:, hvg] for log in log_chunks()], format="csr", dtype=np.float32)
         if min(n_cells - 1, hvg.size - 1) < 2:
             cells = "1 cell" if n_cells == 1 else f"{n_cells} cells"
@@ -450,7 +451,7 @@ class Preprocessor:
                 gram += (block.T @ block).astype(np.float64)
         centre = total / n_cells
         covariance = gram / n_cells - np.outer(centre, centre)
-        n_pcs = min(config.n_pcs, n_cells - 1, n_genes - 1)
+        n_pcs = min(config.preprocess.n_pcs, n_cells - 1, n_genes - 1)
         values, vectors = np.linalg.eigh(covariance)
         components = vectors[:, ::-1][:, :n_pcs].T
         # Deterministic signs: the largest loading of each component positive (as sklearn's svd_flip).

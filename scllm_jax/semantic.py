@@ -106,18 +106,18 @@ def gene_embedding_table(gene_names: np.ndarray, config: ScllmConfig, *, species
     if mask.any():
         wanted = list(symbols[mask])
         prompts = gene_prompts(wanted, knowledge)
-        vectors, found = shipped_vectors(config.language_model, wanted, prompts)
+        vectors, found = shipped_vectors(config.semantic.language_model, wanted, prompts)
         if vectors is None:
             vectors = np.zeros((len(wanted), 0), dtype=np.float32)
         if not found.all():
             missing = np.flatnonzero(~found)
-            fresh = cached_embed_texts([prompts[i] for i in missing], config.language_model,
+            fresh = cached_embed_texts([prompts[i] for i in missing], config.semantic.language_model,
                                        cache_key_extra=PROMPT_VERSION, cache=cache, progress=progress)
             if vectors.shape[1] == 0:
                 vectors = np.zeros((len(wanted), fresh.shape[1]), dtype=np.float32)
             vectors[missing] = fresh
         logger.info("gene embeddings: %d from the shipped file, %d embedded by %s", int(found.sum()),
-                    int((~found).sum()), config.language_model)
+                    int((~found).sum()), config.semantic.language_model)
         embeddings = np.zeros((len(gene_names), vectors.shape[1]), dtype=np.float32)
         embeddings[mask] = vectors
         table["embeddings"], table["n_shipped"] = embeddings, int(found.sum())
@@ -149,10 +149,10 @@ def path1_embedding(prepared: PreparedData, gene_table: dict[str, np.ndarray], c
 
     if gene_table is None or gene_table["embeddings"] is None:
         raise ValueError("Path 1 needs gene embeddings; none were built for this model.")
-    genes = postprocess_gene_embeddings(gene_table["embeddings"], gene_table["mask"], config.gene_postprocess)
-    if config.path1_weights == "standardised":
+    genes = postprocess_gene_embeddings(gene_table["embeddings"], gene_table["mask"], config.semantic.gene_postprocess)
+    if config.semantic.path1_weights == "standardised":
         return standardised_embedding(prepared.expression, genes, gene_mask=gene_table["mask"])
-    return abundance_weighted_embedding(prepared.log_expression, genes, config.top_k_genes,
+    return abundance_weighted_embedding(prepared.log_expression, genes, config.semantic.top_k_genes,
                                         gene_mask=gene_table["mask"])
 
 
@@ -180,10 +180,10 @@ def cell_view_from_gene_embeddings(adata: ad.AnnData, prepared: PreparedData,
             # base knows: a symbol the language model has never seen as a gene adds tokens, not meaning.
             symbols = list(gene_table["symbols"]) if "symbols" in gene_table else \
                 [s if known else "" for s, known in zip(symbols, gene_table["mask"])]
-        sentences = cell_sentences(prepared.log_expression, symbols, config.sentence_genes)
-        views.append(sentence_embeddings(sentences, config.language_model, cache=cache, progress=progress))
+        sentences = cell_sentences(prepared.log_expression, symbols, config.semantic.sentence_genes)
+        views.append(sentence_embeddings(sentences, config.semantic.language_model, cache=cache, progress=progress))
     if len(views) == 2:
-        return fuse_views(views[0], views[1], config.fusion_weight)
+        return fuse_views(views[0], views[1], config.semantic.fusion_weight)
     return views[0]
 
 
@@ -237,11 +237,11 @@ def decide_paths(config: ScllmConfig, n_cells: int) -> tuple[list[str], str | No
     """The paths to build, and why path 2 was dropped (``None`` if it was not).
 
     Path 2 runs the language model over every cell. Without a GPU, above
-    ``config.path2_max_cpu_cells`` cells it is skipped (logged, with how long it
+    ``config.semantic.path2_max_cpu_cells`` cells it is skipped (logged, with how long it
     would have taken) and path 1 is built instead.
     """
-    paths = [p for p, on in (("path1", config.use_path1), ("path2", config.use_path2)) if on]
-    if "path2" not in paths or n_cells <= config.path2_max_cpu_cells:
+    paths = [p for p, on in (("path1", config.semantic.use_path1), ("path2", config.semantic.use_path2)) if on]
+    if "path2" not in paths or n_cells <= config.semantic.path2_max_cpu_cells:
         return paths, None
     from .knowledge.language_model import default_device
 
@@ -302,7 +302,7 @@ def build_semantic_view(adata: ad.AnnData, prepared: PreparedData, config: Scllm
             "matched_via_ensembl": int(mapping.via_ensembl), "genes_embedded": int(table["mask"].sum()),
             "gene_vectors_shipped": int(table["n_shipped"]), "summary": mapping.summary(),
             "species": adata.uns.get("species"),
-            "language_model": config.language_model, "paths": paths}
+            "language_model": config.semantic.language_model, "paths": paths}
     if skipped:
         info["path2_skipped"] = skipped
     logger.info(mapping.summary())

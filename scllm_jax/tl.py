@@ -42,7 +42,7 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
     n_clusters
         Number of clusters; ``None`` estimates it before training (Leiden
         on the kNN graph of the principal components, resolution
-        ``config.leiden_resolution``).
+        ``config.clustering.leiden_resolution``).
     layer
         Cluster ``adata.layers[layer]`` instead of ``X`` (scanpy's
         convention); ``None`` takes ``X``, or ``layers['counts']`` when ``X``

@@ -25,6 +25,15 @@ from .partition import InitialPartition, cluster_means, kmeans_labels
 
 logger = logging.getLogger(__name__)
 
+#: Full-batch training estimates the reconstruction error on this many random cells per step
+#: (all cells when there are fewer): the decoder (cells x genes) is the costliest layer.
+RECONSTRUCTION_BATCH_CELLS = 1024
+#: Full-batch InfoNCE is exact over all cells up to this many, over a random batch of this size above.
+INFONCE_BATCH_CELLS = 4096
+#: Iterations and entropic temperature of the Sinkhorn targets.
+SINKHORN_ITERATIONS = 50
+SINKHORN_EPSILON = 0.05
+
 
 class TrainingData(NamedTuple):
     """Device arrays one training step reads (a pytree).
@@ -61,10 +70,10 @@ def training_data(features: np.ndarray, target: np.ndarray, graph: jraph.GraphsT
 def build_network(n_inputs: int, n_genes: int, text_dim: int | None, n_clusters: int,
                   config: ScllmConfig) -> ScllmNetwork:
     """The network for these widths (``text_dim=None``: graph only), initialised from ``config.seed``."""
-    return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.hidden_dims),
-                        latent_dim=config.latent_dim, decoder_dims=tuple(config.decoder_dims),
-                        projection_dim=config.projection_dim, rngs=nnx.Rngs(config.seed),
-                        cluster_space=config.cluster_space)
+    return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.network.hidden_dims),
+                        latent_dim=config.network.latent_dim, decoder_dims=tuple(config.network.decoder_dims),
+                        projection_dim=config.network.projection_dim, rngs=nnx.Rngs(config.seed),
+                        cluster_space=config.network.cluster_space)
 
 
 def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | None, key: jax.Array,
@@ -76,20 +85,20 @@ def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | 
     latent = network.encode(data.aggregated_input, data.edges, data.senders, data.receivers)
     n_cells = latent.shape[0]
     rec_key, align_key = jax.random.split(key)
-    if n_cells > config.reconstruction_batch_size:
+    if n_cells > RECONSTRUCTION_BATCH_CELLS:
         # The decoder is the costliest layer (cells x genes): an unbiased estimate
         # of the mean squared error from a random subset of cells is enough.
-        rows = jax.random.choice(rec_key, n_cells, (config.reconstruction_batch_size,), replace=False)
+        rows = jax.random.choice(rec_key, n_cells, (RECONSTRUCTION_BATCH_CELLS,), replace=False)
         reconstruction = reconstruction_loss(network.decoder(latent[rows]), data.target[rows])
     else:
         reconstruction = reconstruction_loss(network.decoder(latent), data.target)
     terms = {"rec": reconstruction,
-             "ncut": ncut_loss(latent, data.edges, data.senders, data.receivers, config.ncut_eta)}
-    if network.has_text and config.use_infonce:
+             "ncut": ncut_loss(latent, data.edges, data.senders, data.receivers, config.train.ncut_eta)}
+    if network.has_text and config.train.use_infonce:
         batch, latent_rows, text_rows = jnp.arange(n_cells), latent, data.text
-        if n_cells > config.infonce_batch_size:
+        if n_cells > INFONCE_BATCH_CELLS:
             # InfoNCE is O(B^2): above the batch size it is estimated on random cells.
-            batch = jax.random.permutation(align_key, n_cells)[: config.infonce_batch_size]
+            batch = jax.random.permutation(align_key, n_cells)[:INFONCE_BATCH_CELLS]
             latent_rows, text_rows = latent[batch], data.text[batch]
         positives = alignment_positives(config, batch, n_cells, data.senders, data.receivers, None, target_p)
         terms["align"] = alignment_term(network, latent_rows, text_rows, config, positives)
@@ -187,15 +196,14 @@ def _step_values(values: list) -> np.ndarray:
 
 
 def _latent_kmeans(embedding: np.ndarray, n_clusters: int, config: ScllmConfig) -> InitialPartition:
-    labels = kmeans_labels(embedding, n_clusters, seed=config.seed, n_init=config.kmeans_n_init,
-                           max_cells=config.kmeans_max_cells)
+    labels = kmeans_labels(embedding, n_clusters, seed=config.seed, n_init=config.clustering.kmeans_n_init)
     return InitialPartition(labels, "latent_kmeans", {}, {})
 
 
 def use_minibatch(n_cells: int, config: ScllmConfig, n_devices: int | None = None) -> bool:
     """Whether ``n_cells`` are trained in mini-batches (many cells, or several devices)."""
     n_devices = jax.device_count() if n_devices is None else n_devices
-    return n_cells >= config.minibatch_min_cells or n_devices > 1
+    return n_cells >= config.train.minibatch_min_cells or n_devices > 1
 
 
 # ----------------------------------------------------------------------------- engines
@@ -218,7 +226,7 @@ class _FullBatch:
         self._embed = make_embed(graphdef)
         embed = self._embed
         self._assign = jax.jit(lambda params: student_t_assign(embed(params, data)[1], params["centres"][...],
-                                                               config.alpha))
+                                                               config.train.alpha))
 
     def place(self, params):
         return params
@@ -294,7 +302,7 @@ class _MiniBatch:
 
     def assign(self, params) -> jax.Array:
         # Uses the full pass of begin_epoch, run just before with the same params.
-        return student_t_assign(jnp.asarray(self._embedding), params["centres"][...], self.config.alpha)
+        return student_t_assign(jnp.asarray(self._embedding), params["centres"][...], self.config.train.alpha)
 
     def set_target(self, target_p):
         from .minibatch import with_table
@@ -391,7 +399,7 @@ class _Run:
                     if self.previous_labels is not None:
                         changed = float(np.mean(labels != self.previous_labels))
                         bar.set_postfix(changed=f"{changed:.4f}")
-                        if changed < config.tol:
+                        if changed < config.train.tol:
                             self.stopped = True
                             break
                     self.previous_labels = labels
@@ -400,7 +408,8 @@ class _Run:
                 # One program runs the steps up to the epoch's end or the next checkpoint.
                 n_steps = engine.steps_per_epoch - self.index
                 if self.checkpointer is not None:
-                    n_steps = min(n_steps, config.checkpoint_every - self.global_step % config.checkpoint_every)
+                    every = config.train.checkpoint_every
+                    n_steps = min(n_steps, every - self.global_step % every)
                 self.key, subkey = jax.random.split(self.key)
                 self.params, self.opt_state, terms = engine.run_steps(
                     self.params, self.opt_state, self.target_p, subkey, _PHASES[self.phase], self.epoch,
@@ -413,7 +422,7 @@ class _Run:
                 self.global_step += n_steps
                 if self.index == engine.steps_per_epoch:
                     self._end_epoch()
-                if self.checkpointer is not None and self.global_step % config.checkpoint_every == 0:
+                if self.checkpointer is not None and self.global_step % config.train.checkpoint_every == 0:
                     self.save()
                 if on_step is not None:
                     for step in range(self.global_step - n_steps + 1, self.global_step + 1):
@@ -436,23 +445,21 @@ class _Run:
 
 def _target_fn(config: ScllmConfig):
     targets = {"dec": dec_target, "sharpen": sharpened_target,
-               "sized": lambda q: size_preserving_target(q, config.sinkhorn_iters),
-               "sinkhorn": lambda q: sinkhorn_target(q, config.sinkhorn_iters, config.sinkhorn_epsilon)}
-    return jax.jit(targets[config.target])
+               "sized": lambda q: size_preserving_target(q, SINKHORN_ITERATIONS),
+               "sinkhorn": lambda q: sinkhorn_target(q, SINKHORN_ITERATIONS, SINKHORN_EPSILON)}
+    return jax.jit(targets[config.train.target])
 
 
 def _phase_epochs(engine, config: ScllmConfig) -> tuple[int, int, int]:
-    if isinstance(engine, _MiniBatch):
-        return config.minibatch_pretrain_epochs, config.minibatch_cluster_epochs, config.minibatch_update_interval
-    return config.pretrain_epochs, config.cluster_epochs, config.update_interval
+    return config.train.schedule(minibatch=isinstance(engine, _MiniBatch))
 
 
 def _checkpointer(config: ScllmConfig, fingerprint: dict):
-    if config.checkpoint_dir is None:
+    if config.train.checkpoint_dir is None:
         return None
     from .checkpoint import Checkpointer
 
-    return Checkpointer(config.checkpoint_dir, fingerprint=fingerprint, restart=config.checkpoint_restart)
+    return Checkpointer(config.train.checkpoint_dir, fingerprint=fingerprint, restart=config.train.checkpoint_restart)
 
 
 def pretrain(data, config: ScllmConfig, n_clusters: int = 1, *, progress: bool = True):
@@ -493,7 +500,7 @@ def _pretrain_run(engine, config: ScllmConfig, checkpointer, n_clusters: int, *,
     # Built on the host: on a GPU each of the initialisers' small eager operations would be compiled first.
     with _on_host():
         graphdef, params = nnx.split(build_network(*engine.dims(), n_clusters, config), nnx.Param)
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = optax.adam(config.train.learning_rate)
     params = engine.place(params)
     opt_state = engine.place(optimizer.init(params))
     engine.compile(graphdef, optimizer)
@@ -516,9 +523,9 @@ def cluster_optimizer(config: ScllmConfig, steps_per_refresh: int) -> optax.Grad
     jolting the pre-trained latent away from the start partition (on
     worm_neuron the first refresh had moved it by up to 0.05 ARI).
     """
-    if not config.cluster_warmup:
-        return optax.adam(config.learning_rate)
-    return optax.adam(optax.linear_schedule(0.0, config.learning_rate, max(1, steps_per_refresh)))
+    if not config.train.cluster_warmup:
+        return optax.adam(config.train.learning_rate)
+    return optax.adam(optax.linear_schedule(0.0, config.train.learning_rate, max(1, steps_per_refresh)))
 
 
 def _cluster_run(engine, config: ScllmConfig, graphdef, params, n_clusters: int, checkpointer, *,
@@ -548,7 +555,7 @@ def _cluster_run(engine, config: ScllmConfig, graphdef, params, n_clusters: int,
 def _result(engine, run: _Run, pretrain_history, pretrain_seconds: float) -> FitResult:
     config = run.config
     latent, embedding = engine.embed_all(run.params)
-    assignment = np.asarray(student_t_assign(jnp.asarray(embedding), run.params["centres"][...], config.alpha))
+    assignment = np.asarray(student_t_assign(jnp.asarray(embedding), run.params["centres"][...], config.train.alpha))
     seconds = {"pretrain": pretrain_seconds, "cluster": run.seconds}
     pretrain_history = pretrain_history or {}
     return FitResult(labels=assignment.argmax(axis=1), assignment=assignment, embedding=np.asarray(embedding),
@@ -565,7 +572,7 @@ def _plain_json(values: dict) -> dict:
 
 def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, progress: bool = True,
                 on_step=None, fingerprint: dict | None = None) -> tuple[FitResult, nnx.GraphDef]:
-    """Both phases, checkpointed and resumable when ``config.checkpoint_dir`` is set.
+    """Both phases, checkpointed and resumable when ``config.train.checkpoint_dir`` is set.
 
     Parameters
     ----------

@@ -26,8 +26,8 @@ def main() -> None:
     from scllm_jax.parallel import data_mesh
     from scllm_jax.train import fit_network
 
-    config = ScllmConfig.tiny(minibatch_size=64, minibatch_pretrain_epochs=4, minibatch_cluster_epochs=4,
-                              minibatch_update_interval=1, tol=0.0, hidden_dims=(32,), decoder_dims=(32,),
+    config = ScllmConfig.tiny(minibatch_size=64, pretrain_epochs=4, cluster_epochs=4,
+                              update_interval=1, tol=0.0, hidden_dims=(32,), decoder_dims=(32,),
                               latent_dim=8, checkpoint_dir=args.checkpoint_dir, checkpoint_every=7)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 10)) * 4

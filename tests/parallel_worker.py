@@ -59,13 +59,13 @@ def main() -> None:
     adjacency = normalized_adjacency(knn_indices(pca, 5))
     mesh = data_mesh()
     data = minibatch_data(pca, expression, adjacency, text, config, mesh)
-    data = with_table(data, latent=rng.normal(size=(n_cells, config.latent_dim)).astype(np.float32),
+    data = with_table(data, latent=rng.normal(size=(n_cells, config.network.latent_dim)).astype(np.float32),
                       target_p=rng.dirichlet(np.ones(3), n_cells).astype(np.float32))
-    network = ScllmNetwork(n_pcs, n_genes, text_dim, 3, hidden_dims=config.hidden_dims,
-                           latent_dim=config.latent_dim, decoder_dims=config.decoder_dims,
-                           projection_dim=config.projection_dim, rngs=nnx.Rngs(0))
+    network = ScllmNetwork(n_pcs, n_genes, text_dim, 3, hidden_dims=config.network.hidden_dims,
+                           latent_dim=config.network.latent_dim, decoder_dims=config.network.decoder_dims,
+                           projection_dim=config.network.projection_dim, rngs=nnx.Rngs(0))
     # Distinct centres: with identical ones the centre gradient is 0 up to rounding, which Adam amplifies.
-    network.centres[...] = rng.normal(size=(3, config.projection_dim)).astype(np.float32)
+    network.centres[...] = rng.normal(size=(3, config.network.projection_dim)).astype(np.float32)
     graphdef, params = nnx.split(network, nnx.Param)
     optimizer = optax.adam(1e-2)
     params = jax.device_put(params, replicated(mesh))

@@ -98,7 +98,9 @@ def test_result_is_written_whole_or_not_at_all(baron, tmp_path):
 @pytest.mark.parametrize("content, expected", [
     ('{"pretrain_epochs": 5,}', r"is not valid JSON \(Expecting property name .* at line 1, column 23\); fix the file"),
     ('[1, 2]', r"holds a JSON list, not an object of ScllmConfig fields"),
-    ('{"pretrain_epoch": 5}', r": Unknown ScllmConfig fields \['pretrain_epoch'\]"),
+    ('{"pretrain_epoch": 5}', r": Unknown ScllmConfig settings \['pretrain_epoch'\] \(pretrain_epoch: did you mean "
+                              r"pretrain_epochs\?\)"),
+    ('{"train": {"pretrain_epoch": 5}}', r"Unknown settings \['pretrain_epoch'\] in the 'train' section"),
     ('{"pretrain_epochs": -1}', r": Invalid ScllmConfig: pretrain_epochs must be >= 0"),
 ])
 def test_bad_config_file_is_named(cells_file, tmp_path, capsys, content, expected):

@@ -18,13 +18,13 @@ def test_cluster_writes_scanpy_style_fields(baron_small):
     adata = baron_small.copy()
     assert sj.tl.cluster(adata, 4, config=GRAPH_ONLY, progress=False) is None
     assert adata.obs["scllm"].dtype == "category"
-    assert adata.obsm["X_scllm"].shape == (adata.n_obs, GRAPH_ONLY.latent_dim)
+    assert adata.obsm["X_scllm"].shape == (adata.n_obs, GRAPH_ONLY.network.latent_dim)
     np.testing.assert_allclose(adata.obsm["scllm_soft"].sum(axis=1), 1.0, rtol=1e-4)
     uns = adata.uns["scllm"]
     # Four well separated types: four clusters, none empty, and the count reported is the one found.
     assert uns["params"]["n_clusters"] == 4
     assert uns["n_clusters_found"] == adata.obs["scllm"].nunique() == 4
-    assert len(uns["loss_history"]["pretrain"]["rec"]) == GRAPH_ONLY.pretrain_epochs
+    assert len(uns["loss_history"]["pretrain"]["rec"]) == GRAPH_ONLY.train.pretrain_epochs
     assert np.all(np.isfinite(uns["loss_history"]["cluster"]["total"]))
     # Pre-training reduces the reconstruction error.
     rec = uns["loss_history"]["pretrain"]["rec"]
@@ -95,7 +95,7 @@ def test_full_method_with_language_model(baron_small, tmp_path, monkeypatch):
     assert semantic["used"] and semantic["fraction_matched"] > 0.6
     assert list(semantic["paths"]) == ["path1", "path2"]
     assert "align" in adata.uns["scllm"]["loss_history"]["pretrain"]
-    assert adata.obsm["X_scllm"].shape[1] == config.projection_dim
+    assert adata.obsm["X_scllm"].shape[1] == config.network.projection_dim
     ours = cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"]
     floor = kmeans_ari(model.prepared_.pca, adata.obs["cell_type"], 4)
     print(f"full method, 300 cells: scllm ARI {ours:.3f}, k-means on PCA {floor:.3f}")
@@ -114,8 +114,8 @@ def test_estimates_k_when_not_given(baron_small):
     assert 2 <= adata.uns["scllm"]["params"]["n_clusters"] <= 12
     assert adata.uns["scllm"]["params"]["n_clusters_given"] is False
     # K comes from Leiden on the principal components (before training), not from the trained latent.
-    expected = estimate_n_clusters(model.prepared_.pca, n_neighbors=GRAPH_ONLY.n_neighbors,
-                                   resolution=GRAPH_ONLY.leiden_resolution, seed=GRAPH_ONLY.seed)
+    expected = estimate_n_clusters(model.prepared_.pca, n_neighbors=GRAPH_ONLY.graph.n_neighbors,
+                                   resolution=GRAPH_ONLY.clustering.leiden_resolution, seed=GRAPH_ONLY.seed)
     assert adata.uns["scllm"]["params"]["n_clusters"] == expected
 
 

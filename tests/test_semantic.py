@@ -110,9 +110,13 @@ def test_model_saved_before_path1_settings_predicts_with_the_papers_pooling(baro
     model = sj.ScllmModel(config).fit(baron_small, 4, progress=False)
     model.save(tmp_path / "model")
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    # As an older version wrote it: flat, without the settings that came later.
+    flat = {key: value for section in meta["config"].values() if isinstance(section, dict)
+            for key, value in section.items()}
+    meta["config"] = {"seed": meta["config"]["seed"], **flat}
     for field in ("path1_weights", "gene_postprocess", "path2_max_cpu_cells"):
-        del meta["config"][field]  # as an older version wrote it
+        del meta["config"][field]
     (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
     loaded = sj.ScllmModel.load(tmp_path / "model")
-    assert (loaded.config.path1_weights, loaded.config.gene_postprocess) == ("log", "none")
+    assert (loaded.config.semantic.path1_weights, loaded.config.semantic.gene_postprocess) == ("log", "none")
     np.testing.assert_array_equal(loaded.predict(baron_small), model.labels_)
