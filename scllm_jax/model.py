@@ -116,6 +116,12 @@ class ScllmModel:
         """
         config = self.config
         check_n_clusters(n_clusters, adata.n_obs)
+        if use_minibatch(adata.n_obs, config) and len(config.network.hidden_dims) > 1:
+            # Said before any work: batches are encoded exactly from 1-hop neighbourhoods (one hidden layer).
+            raise ValueError(f"{adata.n_obs} cells train in mini-batches (from minibatch_min_cells="
+                             f"{config.train.minibatch_min_cells} cells, or on several devices), which support one "
+                             f"hidden GCN layer; hidden_dims={config.network.hidden_dims} has "
+                             f"{len(config.network.hidden_dims)}. Pass one width, e.g. hidden_dims=(256,).")
         start = time.perf_counter()
         self.preprocessor, prepared = Preprocessor.fit(adata, config, layer=layer)
         self.timings["preprocess"] = time.perf_counter() - start

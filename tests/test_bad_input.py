@@ -253,6 +253,15 @@ def test_non_integer_n_clusters_is_refused(adata, n_clusters):
         tl.cluster(adata, n_clusters, config=FAST, progress=False)
 
 
+def test_two_hidden_layers_in_mini_batches_are_refused_before_any_work(adata, monkeypatch):
+    from scllm_jax.preprocess import Preprocessor
+
+    monkeypatch.setattr(Preprocessor, "fit", lambda *args, **kwargs: pytest.fail("preprocessing ran"))
+    config = FAST.replace(minibatch_min_cells=1, hidden_dims=(32, 16))
+    with pytest.raises(ValueError, match=r"train in mini-batches .* one hidden GCN layer; hidden_dims=\(32, 16\)"):
+        tl.cluster(adata, 3, config=config, progress=False)
+
+
 def test_single_cell_is_refused(adata):
     one = adata[:1].copy()
     with pytest.raises(InputError, match=r"^1 cell x \d+ genes is too small to cluster; at least 3 cells"):
