@@ -10,6 +10,7 @@ most of the 24 s between pre-training and clustering on a GPU machine.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -30,8 +31,8 @@ def _squared_distances(points: jax.Array, points_sq: jax.Array, centres: jax.Arr
     return jnp.maximum(points_sq[:, None] - 2.0 * cross + jnp.sum(centres * centres, axis=1)[None, :], 0.0)
 
 
-def _one_restart(key: jax.Array, points: jax.Array, n_clusters: int, max_iter: int,
-                 tolerance: float) -> tuple[jax.Array, jax.Array]:
+def _one_restart(key: jax.Array, points: jax.Array, tolerance: jax.Array, n_clusters: int,
+                 max_iter: int) -> tuple[jax.Array, jax.Array]:
     """Centres and inertia of one greedy k-means++ start refined by Lloyd's iterations."""
     n_cells = points.shape[0]
     points_sq = jnp.sum(points * points, axis=1)
@@ -75,6 +76,13 @@ def _one_restart(key: jax.Array, points: jax.Array, n_clusters: int, max_iter: i
     return centres, inertia
 
 
+@functools.lru_cache(maxsize=16)
+def _restarts(n_clusters: int, max_iter: int):
+    """The jitted, vmapped restarts for ``n_clusters`` (one compiled program per shape, kept between calls)."""
+    return jax.jit(jax.vmap(functools.partial(_one_restart, n_clusters=n_clusters, max_iter=max_iter),
+                            in_axes=(0, None, None)))
+
+
 def device_kmeans(points: np.ndarray, n_clusters: int, *, seed: int, n_init: int, max_iter: int = 300,
                   tol: float = 1e-4) -> tuple[np.ndarray, float]:
     """Centres of the lowest-inertia of ``n_init`` k-means restarts on the default device.
@@ -103,10 +111,10 @@ def device_kmeans(points: np.ndarray, n_clusters: int, *, seed: int, n_init: int
     n_cells = points.shape[0]
     if not 1 <= n_clusters <= n_cells:
         raise ValueError(f"n_clusters must lie in [1, {n_cells}], got {n_clusters}.")
-    tolerance = float(tol * np.mean(np.var(points, axis=0, dtype=np.float64)))
+    # A traced tolerance: data of the same shape reuse one compiled program (and the disk cache's entry).
+    tolerance = jnp.float32(tol * np.mean(np.var(points, axis=0, dtype=np.float64)))
     on_device = jnp.asarray(points)
-    run = jax.jit(jax.vmap(lambda key, x: _one_restart(key, x, n_clusters, max_iter, tolerance),
-                           in_axes=(0, None)))
+    run = _restarts(n_clusters, max_iter)
     keys = jax.random.split(jax.random.key(seed), n_init)
     batch = max(1, min(n_init, _BATCH_FLOATS // (n_cells * n_clusters)))
     best_centres, best_inertia = None, np.inf
@@ -114,7 +122,7 @@ def device_kmeans(points: np.ndarray, n_clusters: int, *, seed: int, n_init: int
         chunk = keys[start:start + batch]
         if chunk.shape[0] < batch:  # one compiled batch size
             chunk = jnp.concatenate([chunk, keys[:batch - chunk.shape[0]]])
-        centres, inertia = run(chunk, on_device)
+        centres, inertia = run(chunk, on_device, tolerance)
         inertia = np.asarray(inertia)[:min(batch, n_init - start)]
         if inertia.min() < best_inertia:
             best_inertia = float(inertia.min())
