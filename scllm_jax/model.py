@@ -157,7 +157,8 @@ class ScllmModel:
         clustering = config.clustering
         choice = final_partition(self.result.labels, prepared.pca, indices, self.result.embedding, self.n_clusters,
                                  method=clustering.final_selection, seed=config.seed, n_init=clustering.kmeans_n_init,
-                                 n_neighbors=clustering.selection_neighbors, reference=clustering.reference_clustering)
+                                 n_neighbors=clustering.selection_neighbors, reference=clustering.reference_clustering,
+                                 exact_max_cells=config.graph.exact_knn_max_cells)
         self.timings["selection"] = time.perf_counter() - start_selection
         logger.info("final partition: %s, in %.1f s", choice.chosen, self.timings["selection"])
         self.result.labels, self.selection_ = choice.labels, choice.summary()

@@ -434,7 +434,8 @@ def assign_by_neighbours(reference: np.ndarray, reference_clusters: np.ndarray, 
 
 def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, neighbours: np.ndarray,
                     embedding: np.ndarray, n_clusters: int, *, method: str, seed: int, n_init: int,
-                    n_neighbors: int, reference: str = "ward", max_cells: int = KMEANS_MAX_CELLS) -> FinalChoice:
+                    n_neighbors: int, reference: str = "ward", max_cells: int = KMEANS_MAX_CELLS,
+                    exact_max_cells: int = 50_000) -> FinalChoice:
     """The trained head's partition, or a clustering of the principal components if it agrees better with the neighbourhoods.
 
     Parameters
@@ -465,6 +466,9 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     reference
         The clustering of the principal components compared with the head:
         ``"ward"`` (:func:`ward_labels`) or ``"kmeans"``.
+    exact_max_cells
+        The clustering space's neighbours are exact up to this many cells
+        (as :func:`~scllm_jax.graph.knn_indices`).
     """
     if method not in FINAL_SELECTIONS:
         raise ValueError(f"Unknown final selection {method!r}; use one of {FINAL_SELECTIONS}.")
@@ -480,7 +484,8 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
                                   n_init=n_init, max_cells=max_cells)
     reference_seconds, start = time.perf_counter() - start, time.perf_counter()
     spaces = {"pca": neighbours[:, :n_neighbors],
-              "embedding": knn_indices(np.asarray(embedding, np.float32), n_neighbors, seed=seed)}
+              "embedding": knn_indices(np.asarray(embedding, np.float32), n_neighbors, exact_max_cells=exact_max_cells,
+                                       seed=seed)}
     logger.info("reference clustering (%s) in %.1f s, neighbours in the clustering space in %.1f s", reference,
                 reference_seconds, time.perf_counter() - start)
     head_clusters = int(np.unique(head_labels).size)

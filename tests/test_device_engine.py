@@ -249,3 +249,34 @@ def test_compilation_cache_is_kept_on_an_accelerator_only(monkeypatch, tmp_path)
         assert jax.config.jax_compilation_cache_dir == folder
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_a_whole_fit_with_every_accelerator_path_switched_on(monkeypatch):
+    """The stages an accelerator moves to the device (moments and projection, exact kNN of both spaces, the
+    k-means start, the network built on the host) run together in one fit here."""
+    from sklearn.metrics import adjusted_rand_score
+
+    import scllm_jax.device_kmeans as device_kmeans
+    import scllm_jax.graph as graph
+    import scllm_jax.parallel as parallel
+    import scllm_jax.partition as partition
+    import scllm_jax.preprocess as preprocess
+    from scllm_jax.model import ScllmModel
+    from scllm_jax.synthetic import synthetic_atlas
+
+    for module in (graph, preprocess, partition, parallel):
+        monkeypatch.setattr(module, "on_accelerator", lambda: True)
+    monkeypatch.setattr(partition, "DEVICE_KMEANS_MIN_CELLS", 100)
+    calls = {"knn": 0, "kmeans": 0}
+    knn, kmeans = graph.device_knn, device_kmeans.device_kmeans
+    monkeypatch.setattr(graph, "device_knn", lambda *a, **k: calls.__setitem__("knn", calls["knn"] + 1) or knn(*a, **k))
+    monkeypatch.setattr(device_kmeans, "device_kmeans",
+                        lambda *a, **k: calls.__setitem__("kmeans", calls["kmeans"] + 1) or kmeans(*a, **k))
+    adata = synthetic_atlas(1200, 300, 4, seed=1)
+    config = ScllmConfig.tiny(minibatch_min_cells=1, minibatch_size=256, exact_knn_max_cells=100,
+                              pretrain_epochs=3, cluster_epochs=2, update_interval=1)
+    model = ScllmModel(config).fit(adata, 4, progress=False)
+    assert calls["knn"] == 2  # the principal components' graph and the final check's clustering space
+    assert calls["kmeans"] == 1  # the start (Ward's reference is exact linkage at this size)
+    truth = adata.obs["cell_type"].cat.codes.to_numpy()
+    assert adjusted_rand_score(truth, model.labels_) > 0.9
