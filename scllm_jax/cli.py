@@ -121,7 +121,6 @@ def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
 
 def cmd_cluster(args) -> None:
     from .io import check_output_file, check_output_folder, read
-
     from .parallel import use_compilation_cache
 
     # Everything that can be checked without the data is checked before any work.

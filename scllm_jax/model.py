@@ -23,6 +23,7 @@ from flax import nnx
 from .assignment import student_t_assign
 from .config import ScllmConfig
 from .graph import attach_cells, graph_from_adjacency, knn_adjacency, knn_indices, normalized_adjacency
+from .modules import ROWWISE_MAX_HIDDEN_LAYERS
 from .n_clusters import estimate_n_clusters
 from .partition import InitialPartition, assign_by_neighbours, final_partition, initial_partition
 from .preprocess import PreparedData, Preprocessor
@@ -116,7 +117,7 @@ class ScllmModel:
         """
         config = self.config
         check_n_clusters(n_clusters, adata.n_obs)
-        if use_minibatch(adata.n_obs, config) and len(config.network.hidden_dims) > 1:
+        if use_minibatch(adata.n_obs, config) and len(config.network.hidden_dims) > ROWWISE_MAX_HIDDEN_LAYERS:
             # Said before any work: batches are encoded exactly from 1-hop neighbourhoods (one hidden layer).
             raise ValueError(f"{adata.n_obs} cells train in mini-batches (from minibatch_min_cells="
                              f"{config.train.minibatch_min_cells} cells, or on several devices), which support one "

@@ -10,6 +10,11 @@ from .graph import propagate
 from .losses import unit_rows
 
 
+#: Hidden GCN layers that row-wise (mini-batch) encoding supports: a batch's latent is exact from its cells'
+#: 1-hop neighbourhoods only with one hidden layer over the precomputed ``A X``.
+ROWWISE_MAX_HIDDEN_LAYERS = 1
+
+
 class GCNEncoder(nnx.Module):
     """Graph convolutional encoder ``H_{l+1} = act(A H_l W_l + b_l)``, linear last layer.
 
@@ -31,7 +36,7 @@ class GCNEncoder(nnx.Module):
         return hidden
 
     def _check_rowwise(self) -> None:
-        if len(self.layers) > 2:
+        if len(self.layers) - 1 > ROWWISE_MAX_HIDDEN_LAYERS:
             raise NotImplementedError("Row-wise (mini-batch) encoding is exact from 1-hop neighbourhoods, so it "
                                       "supports at most one hidden layer (hidden_dims of length <= 1), got "
                                       f"{len(self.layers) - 1}.")

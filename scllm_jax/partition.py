@@ -169,7 +169,7 @@ def cluster_means(embedding: np.ndarray, labels: np.ndarray, n_clusters: int) ->
     counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
     # One bincount per feature: np.add.at over a million rows took seconds.
     sums = np.stack([np.bincount(labels, weights=column, minlength=n_clusters) for column in
-                     np.asarray(embedding, np.float64).T], axis=1).reshape(n_clusters, -1)
+                     np.asarray(embedding, np.float64).T], axis=1)
     return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 

@@ -177,13 +177,13 @@ def _log_normalise(matrix, kind: str, target_sum: float, log_base: float | None 
     # Each stored value times its row's scale, in new arrays (csr may share the caller's), then log1p:
     # the float32 products of multiplying by a diagonal matrix, without building one more matrix.
     if csr.has_canonical_format:
-        logged = _scaled_log1p(data, csr.indptr, scale)
+        out = sp.csr_matrix((_scaled_log1p(data, csr.indptr, scale), csr.indices.copy(), csr.indptr.copy()),
+                            shape=csr.shape)
     else:  # duplicates are summed after scaling, as the product by a diagonal matrix did
-        summed = sp.csr_matrix((data * np.repeat(scale, np.diff(csr.indptr)), csr.indices.copy(),
-                                csr.indptr.copy()), shape=csr.shape)
-        summed.sum_duplicates()
-        csr, logged = summed, np.log1p(summed.data)
-    out = sp.csr_matrix((logged, csr.indices.copy(), csr.indptr.copy()), shape=csr.shape)
+        out = sp.csr_matrix((data * np.repeat(scale, np.diff(csr.indptr)), csr.indices.copy(), csr.indptr.copy()),
+                            shape=csr.shape)
+        out.sum_duplicates()
+        out.data = np.log1p(out.data)
     if np.count_nonzero(out.data) < out.nnz:
         out.eliminate_zeros()
     return out
@@ -361,9 +361,10 @@ class Preprocessor:
                                         checked.log_base)
         hvg = _highly_variable(log_expression, config.preprocess.n_top_genes)
         logger.info("normalised and %d variable genes chosen in %.1f s", hvg.size, time.perf_counter() - start)
+        log_hvg = _columns(log_expression, hvg)
         if adata.n_obs >= config.train.minibatch_min_cells:
-            return cls._fit_in_blocks(checked, gene_names, _columns(log_expression, hvg), hvg, config)
-        dense = log_expression[:, hvg].toarray()
+            return cls._fit_in_blocks(checked, gene_names, log_hvg, hvg, config)
+        dense = log_hvg.toarray()
         mean = dense.mean(axis=0)
         std = dense.std(axis=0)
         std[std == 0] = 1.0
@@ -375,7 +376,7 @@ class Preprocessor:
                              "at least 3 cells and 3 variable genes are needed.")
         components = _pca_components(scaled, n_pcs, config.seed)
         state = cls._fitted(checked, gene_names, hvg, config, mean, std, scaled.mean(axis=0), components)
-        return state, PreparedData(sp.csr_matrix(log_expression[:, hvg]), state.hvg_names, scaled,
+        return state, PreparedData(log_hvg, state.hvg_names, scaled,
                                    state._project(scaled))
 
     @classmethod

@@ -69,11 +69,19 @@ def training_data(features: np.ndarray, target: np.ndarray, graph: jraph.GraphsT
 
 def build_network(n_inputs: int, n_genes: int, text_dim: int | None, n_clusters: int,
                   config: ScllmConfig) -> ScllmNetwork:
-    """The network for these widths (``text_dim=None``: graph only), initialised from ``config.seed``."""
-    return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters, hidden_dims=tuple(config.network.hidden_dims),
-                        latent_dim=config.network.latent_dim, decoder_dims=tuple(config.network.decoder_dims),
-                        projection_dim=config.network.projection_dim, rngs=nnx.Rngs(config.seed),
-                        cluster_space=config.network.cluster_space)
+    """The network for these widths (``text_dim=None``: graph only), initialised from ``config.seed``.
+
+    Built on the host's CPU when JAX's default device is an accelerator: there
+    each of the initialisers' small eager operations would be compiled first.
+    The arrays are not committed to the CPU, so the first program that reads
+    them moves them to the accelerator.
+    """
+    with _on_host():
+        return ScllmNetwork(n_inputs, n_genes, text_dim, n_clusters,
+                            hidden_dims=tuple(config.network.hidden_dims),
+                            latent_dim=config.network.latent_dim, decoder_dims=tuple(config.network.decoder_dims),
+                            projection_dim=config.network.projection_dim, rngs=nnx.Rngs(config.seed),
+                            cluster_space=config.network.cluster_space)
 
 
 def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | None, key: jax.Array,
@@ -497,9 +505,7 @@ def _pretrain_run(engine, config: ScllmConfig, checkpointer, n_clusters: int, *,
     # Built with its K: the centres (zeros, created after every other layer, so no other weight changes)
     # get no gradient before the clustering phase sets them.
     began = time.perf_counter()
-    # Built on the host: on a GPU each of the initialisers' small eager operations would be compiled first.
-    with _on_host():
-        graphdef, params = nnx.split(build_network(*engine.dims(), n_clusters, config), nnx.Param)
+    graphdef, params = nnx.split(build_network(*engine.dims(), n_clusters, config), nnx.Param)
     optimizer = optax.adam(config.train.learning_rate)
     params = engine.place(params)
     opt_state = engine.place(optimizer.init(params))
