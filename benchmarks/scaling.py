@@ -71,7 +71,6 @@ def run_one(args: argparse.Namespace) -> dict:
     from scllm_jax.config import ScllmConfig
     from scllm_jax.model import ScllmModel
     from scllm_jax.synthetic import synthetic_atlas
-    from scllm_jax.train import use_minibatch
 
     # Stage messages (the model's own log lines included) go to stderr as they happen, so a
     # run cut short by a time limit still shows how far it got.
@@ -113,7 +112,7 @@ def run_one(args: argparse.Namespace) -> dict:
     result = model.result
     epochs = result.pretrain_epochs + result.cluster_epochs
     fit_s = result.seconds["pretrain"] + result.seconds["cluster"]
-    minibatch = use_minibatch(n, config)
+    minibatch = model.engine_.minibatch
     truth = adata.obs["cell_type"].cat.codes.to_numpy()
     return {"n_cells": n, "n_genes": args.n_genes, "n_clusters": args.n_clusters, "device": args.device_label,
             "jax_devices": f"{jax.device_count()}x{jax.devices()[0].platform}",

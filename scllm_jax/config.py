@@ -290,7 +290,9 @@ class TrainConfig:
         during pre-training). Ablations; rows in ``benchmark.tsv``.
     minibatch_min_cells
         From this many cells on, training is mini-batched
-        (:mod:`scllm_jax.minibatch`, memory O(N k + N d)); below, full batch.
+        (:mod:`scllm_jax.minibatch`, memory O(N k + N d)); below, full batch,
+        unless the full graph would not fit the device's memory or there are
+        several devices (:func:`~scllm_jax.train.choose_engine`).
     minibatch_size
         Cells per mini-batch (over all devices; rounded up to a multiple of
         the device count). Also the InfoNCE batch in mini-batch mode.

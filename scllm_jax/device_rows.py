@@ -91,6 +91,11 @@ def largest_piece_share(row_entries: np.ndarray, row_piece: np.ndarray, batches:
     return sums.reshape(batches.shape[0], n_pieces).max(axis=1)
 
 
+def placement(mesh: Mesh | None) -> tuple[int, ...]:
+    """Ids of the devices :func:`expression_on_device` puts arrays on for ``mesh``."""
+    return (jax.devices()[0].id,) if mesh is None else tuple(int(device.id) for device in mesh.devices.flat)
+
+
 def csr_on_device(matrix: sp.csr_matrix, mesh: Mesh | None = None) -> CsrRows:
     """``matrix`` on the device, replicated over ``mesh`` (``None``: the default device)."""
     if matrix.nnz >= 2 ** 31:
@@ -103,8 +108,21 @@ def csr_on_device(matrix: sp.csr_matrix, mesh: Mesh | None = None) -> CsrRows:
 def expression_on_device(expression: Any, mesh: Mesh | None = None, *,
                          max_piece_entries: int = MAX_PIECE_ENTRIES) -> ExpressionRows:
     """Dense rows for an array; the CSR (in pieces of under 2^31 entries) and its scaling for a lazily
-    scaled matrix, never densified whole."""
+    scaled matrix, never densified whole.
+
+    A lazily scaled matrix may carry ``device_copy``, ``((device ids,
+    max_piece_entries), ExpressionRows)`` left by the atlas preprocessing
+    (:class:`~scllm_jax.preprocess.ScaledExpression`): on the same devices
+    those arrays are returned instead of a second copy. The attribute is
+    cleared either way, so the copy is handed over once and not kept alive
+    by the prepared data after training.
+    """
     if hasattr(expression, "log_expression"):
+        key = (placement(mesh), max_piece_entries)
+        kept, expression.device_copy = getattr(expression, "device_copy", None), None
+        if kept is not None and kept[0] == key:
+            # Handed over from the atlas preprocessing on the same device(s): the CSR crosses to the device once.
+            return kept[1] if mesh is None else jax.device_put(kept[1], replicated(mesh))
         csr = sp.csr_matrix(expression.log_expression, dtype=np.float32)
         csr.sort_indices()
         bounds = row_pieces(csr.indptr, max_piece_entries)
@@ -166,4 +184,5 @@ def scaled_rows(expression: ExpressionRows, cells: jax.Array, budget: int) -> ja
 
 
 __all__ = ["MAX_PIECE_ENTRIES", "SCALE_CLIP", "CsrRows", "ExpressionRows", "csr_on_device", "csr_row_slots",
-           "expression_on_device", "largest_piece_share", "piece_of_rows", "row_pieces", "scaled_rows"]
+           "expression_on_device", "largest_piece_share", "piece_of_rows", "placement", "row_pieces",
+           "scaled_rows"]

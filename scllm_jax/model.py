@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import anndata as ad
-import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
@@ -27,7 +26,7 @@ from .modules import ROWWISE_MAX_HIDDEN_LAYERS
 from .n_clusters import estimate_n_clusters
 from .partition import InitialPartition, assign_by_neighbours, final_partition, initial_partition
 from .preprocess import PreparedData, Preprocessor
-from .train import FitResult, build_network, fit_network, make_embed, training_data, use_minibatch
+from .train import EngineChoice, FitResult, build_network, choose_engine, fit_network, make_embed, training_data
 from .validation import InputError, check_cluster_support, check_n_clusters, count_clusters
 
 logger = logging.getLogger(__name__)
@@ -77,6 +76,8 @@ class ScllmModel:
         # How the reported partition was chosen; the training cells' clusters when the reference won.
         self.selection_: dict = {"chosen": "head"}
         self._reference_labels: np.ndarray | None = None
+        #: Full graph or mini-batches, and why (set by :meth:`fit`).
+        self.engine_: EngineChoice | None = None
 
     # ------------------------------------------------------------------ fitting
     def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
@@ -106,8 +107,9 @@ class ScllmModel:
         Returns
         -------
         ScllmModel
-            ``self``, with ``labels_``, ``embedding_``, ``result`` and
-            ``n_clusters_found_`` (non-empty clusters) set.
+            ``self``, with ``labels_``, ``embedding_``, ``result``,
+            ``n_clusters_found_`` (non-empty clusters) and ``engine_`` (full
+            graph or mini-batches, :func:`~scllm_jax.train.choose_engine`) set.
 
         Warns
         -----
@@ -117,14 +119,17 @@ class ScllmModel:
         """
         config = self.config
         check_n_clusters(n_clusters, adata.n_obs)
-        if use_minibatch(adata.n_obs, config) and len(config.network.hidden_dims) > ROWWISE_MAX_HIDDEN_LAYERS:
-            # Said before any work: batches are encoded exactly from 1-hop neighbourhoods (one hidden layer).
-            raise ValueError(f"{adata.n_obs} cells train in mini-batches (from minibatch_min_cells="
-                             f"{config.train.minibatch_min_cells} cells, or on several devices), which support one "
-                             f"hidden GCN layer; hidden_dims={config.network.hidden_dims} has "
+        # Decided once, here, before any work: the preprocessing and the training data follow it.
+        self.engine_ = choose_engine(adata.n_obs, min(adata.n_vars, config.preprocess.n_top_genes), config)
+        logger.info("training on %s: %s", "mini-batches" if self.engine_.minibatch else "the full graph",
+                    self.engine_.reason)
+        if self.engine_.minibatch and len(config.network.hidden_dims) > ROWWISE_MAX_HIDDEN_LAYERS:
+            # Batches are encoded exactly from 1-hop neighbourhoods (one hidden layer).
+            raise ValueError(f"{adata.n_obs} cells train in mini-batches ({self.engine_.reason}), which support "
+                             f"one hidden GCN layer; hidden_dims={config.network.hidden_dims} has "
                              f"{len(config.network.hidden_dims)}. Pass one width, e.g. hidden_dims=(256,).")
         start = time.perf_counter()
-        self.preprocessor, prepared = Preprocessor.fit(adata, config, layer=layer)
+        self.preprocessor, prepared = Preprocessor.fit(adata, config, layer=layer, in_blocks=self.engine_.large)
         self.timings["preprocess"] = time.perf_counter() - start
         logger.info("preprocessed %d cells in %.1f s", prepared.n_cells, self.timings["preprocess"])
         text = self._semantic_view(adata, prepared, gene_symbols_key=gene_symbols_key, progress=progress)
@@ -194,12 +199,10 @@ class ScllmModel:
                               exact_max_cells=self.config.graph.exact_knn_max_cells, seed=self.config.seed)
         adjacency = normalized_adjacency(indices)
         self._reference_pca, self._reference_adjacency = prepared.pca, adjacency
-        if use_minibatch(prepared.n_cells, self.config):
+        if self.engine_.minibatch:
             from .minibatch import minibatch_data
             from .parallel import data_mesh
 
-            logger.info("%d cells on %d device(s): mini-batch training (minibatch_min_cells=%d)",
-                        prepared.n_cells, jax.device_count(), self.config.train.minibatch_min_cells)
             data = minibatch_data(prepared.pca, prepared.expression, adjacency, text, self.config, data_mesh())
         else:
             data = training_data(prepared.pca, np.asarray(prepared.expression),

@@ -25,7 +25,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .config import ScllmConfig
-from .device_rows import MAX_PIECE_ENTRIES, expression_on_device, largest_piece_share, piece_of_rows, scaled_rows
+from .device_rows import (MAX_PIECE_ENTRIES, expression_on_device, largest_piece_share, piece_of_rows, placement,
+                          scaled_rows)
 from .device_rows import SCALE_CLIP as _SCALE_CLIP
 from .parallel import on_accelerator
 from .validation import (VALUE_KINDS, CheckedExpression, InputError, check_expression, choose_layer, matrix_of,
@@ -51,7 +52,7 @@ class PreparedData:
     expression
         Cells x highly variable genes, scaled and clipped, float32 (the
         decoder's reconstruction target); a lazy :class:`ScaledExpression`
-        from ``minibatch_min_cells`` cells on.
+        at atlas scale (:attr:`~scllm_jax.train.EngineChoice.large`).
     pca
         Cells x ``n_pcs`` principal components, float32 (graph and encoder input).
     """
@@ -86,6 +87,8 @@ class ScaledExpression:
         # float32 scaling: float64 statistics would upcast every densified block.
         self.log_expression = log_expression
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        #: Device arrays of this matrix left for training (:func:`~scllm_jax.device_rows.expression_on_device`).
+        self.device_copy = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -119,6 +122,8 @@ class _DeviceBlocks:
         n_cells = expression.shape[0]
         self.n_cells = n_cells
         self.rows = expression_on_device(expression, max_piece_entries=max_piece_entries)
+        # Mini-batch training reads the same CSR: it takes this copy instead of shipping the matrix again.
+        expression.device_copy = ((placement(None), max_piece_entries), self.rows)
         n_blocks = -(-n_cells // self.block)
         ids = np.minimum(np.arange(n_blocks * self.block), n_cells - 1).reshape(n_blocks, self.block)
         row_piece = piece_of_rows(np.asarray(self.rows.piece_rows), n_cells)
@@ -324,8 +329,8 @@ class Preprocessor:
     log_base: float | None = None
 
     @classmethod
-    def fit(cls, adata: ad.AnnData, config: ScllmConfig, *,
-            layer: str | None = None) -> tuple["Preprocessor", PreparedData]:
+    def fit(cls, adata: ad.AnnData, config: ScllmConfig, *, layer: str | None = None,
+            in_blocks: bool | None = None) -> tuple["Preprocessor", PreparedData]:
         """Fit the preprocessing on ``adata`` and return it with the transformed data.
 
         Parameters
@@ -340,6 +345,11 @@ class Preprocessor:
             Read ``adata.layers[layer]`` instead of ``X``; ``None`` reads ``X``,
             or ``layers['counts']`` when ``X`` holds no counts but that layer
             does (:func:`~scllm_jax.validation.choose_layer`).
+        in_blocks
+            Scale and project on sparse blocks, never holding cells x genes
+            dense (atlas scale; the expression stays a lazily scaled CSR).
+            ``None``: as :func:`~scllm_jax.train.choose_engine` decides for
+            these cells (``EngineChoice.large``). Backed input always does.
 
         Returns
         -------
@@ -362,7 +372,11 @@ class Preprocessor:
         hvg = _highly_variable(log_expression, config.preprocess.n_top_genes)
         logger.info("normalised and %d variable genes chosen in %.1f s", hvg.size, time.perf_counter() - start)
         log_hvg = _columns(log_expression, hvg)
-        if adata.n_obs >= config.train.minibatch_min_cells:
+        if in_blocks is None:
+            from .train import choose_engine
+
+            in_blocks = choose_engine(adata.n_obs, hvg.size, config).large
+        if in_blocks:
             return cls._fit_in_blocks(checked, gene_names, log_hvg, hvg, config)
         dense = log_hvg.toarray()
         mean = dense.mean(axis=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from typing import NamedTuple
 
@@ -208,10 +209,98 @@ def _latent_kmeans(embedding: np.ndarray, n_clusters: int, config: ScllmConfig) 
     return InitialPartition(labels, "latent_kmeans", {}, {})
 
 
-def use_minibatch(n_cells: int, config: ScllmConfig, n_devices: int | None = None) -> bool:
-    """Whether ``n_cells`` are trained in mini-batches (many cells, or several devices)."""
+class EngineChoice(NamedTuple):
+    """How a fit trains, decided once before any work (:func:`choose_engine`).
+
+    Attributes
+    ----------
+    minibatch
+        Mini-batches (data parallel) instead of one step over the full graph.
+    large
+        The data is too large to hold dense: the preprocessing works on
+        sparse blocks (:meth:`~scllm_jax.preprocess.Preprocessor.fit`).
+    reason
+        Why, in words (logged).
+    """
+
+    minibatch: bool
+    large: bool
+    reason: str
+
+
+#: The full-graph engine may plan to fill at most this share of the device's memory; past it the cells
+#: train in mini-batches (the rest is left to XLA's temporaries and to the host's own arrays on a CPU).
+FULL_GRAPH_MEMORY_SHARE = 0.5
+
+
+def full_graph_bytes(n_cells: int, n_genes: int, config: ScllmConfig) -> int:
+    """Estimated device bytes (float32) of training on the full graph at once.
+
+    Per cell: the dense decoder target, ``A X``, the hidden layer's
+    activations and gradients, the latent; per edge (a symmetrised kNN graph
+    with self-loops has at most ``2k + 1`` per cell): weights, endpoints and
+    one layer's messages. Measured on this project's CPU: 200,000 cells x
+    2,000 genes peaked at 8.8 GB of process memory, host arrays included;
+    this gives 9.8 GB (``docs/METHOD_NOTES.md``).
+    """
+    width = max((*config.network.hidden_dims, config.network.latent_dim))
+    per_cell = n_genes + config.preprocess.n_pcs + 8 * width + 4 * config.network.latent_dim
+    edges = n_cells * (2 * config.graph.n_neighbors + 1)
+    return 4 * (n_cells * per_cell + edges * (3 + width))
+
+
+def device_memory_bytes() -> int | None:
+    """Memory of the first local device: the accelerator's limit, or the host's RAM on a CPU (``None``: unknown)."""
+    stats = jax.local_devices()[0].memory_stats()
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def choose_engine(n_cells: int, n_genes: int, config: ScllmConfig, *, n_devices: int | None = None,
+                  memory: int | None = None) -> EngineChoice:
+    """Full graph or mini-batches, decided once per fit.
+
+    Mini-batches from ``train.minibatch_min_cells`` cells (the number of
+    optimiser steps: a full-graph epoch is one step, so the full graph needs
+    its 10x longer schedule, and on this CPU at 200,000 cells that is about
+    4x the mini-batch fit's time), when the full graph would need more than
+    :data:`FULL_GRAPH_MEMORY_SHARE` of the device's memory
+    (:func:`full_graph_bytes`), or on several devices (data parallel).
+
+    Parameters
+    ----------
+    n_cells, n_genes
+        Cells, and genes the decoder reconstructs (at most ``n_top_genes``).
+    config
+        Settings.
+    n_devices
+        Devices training runs on (default: all of JAX's).
+    memory
+        The device's bytes (default: :func:`device_memory_bytes`).
+    """
     n_devices = jax.device_count() if n_devices is None else n_devices
-    return n_cells >= config.train.minibatch_min_cells or n_devices > 1
+    memory = device_memory_bytes() if memory is None else memory
+    if n_cells >= config.train.minibatch_min_cells:
+        return EngineChoice(True, True, f"{n_cells} cells, from minibatch_min_cells="
+                                        f"{config.train.minibatch_min_cells} on")
+    need = full_graph_bytes(n_cells, n_genes, config)
+    if memory is not None and need > FULL_GRAPH_MEMORY_SHARE * memory:
+        return EngineChoice(True, True, f"the full graph would need about {need / 2 ** 30:.1f} GiB, more than "
+                                        f"{FULL_GRAPH_MEMORY_SHARE:.0%} of the device's {memory / 2 ** 30:.1f} GiB")
+    if n_devices > 1:
+        return EngineChoice(True, False, f"{n_devices} devices (data parallel)")
+    return EngineChoice(False, False, f"the full graph fits (about {need / 2 ** 30:.2f} GiB)")
+
+
+def use_minibatch(n_cells: int, config: ScllmConfig, n_devices: int | None = None, *,
+                  n_genes: int | None = None) -> bool:
+    """Whether ``n_cells`` train in mini-batches (:func:`choose_engine`; ``n_genes`` default ``n_top_genes``)."""
+    n_genes = config.preprocess.n_top_genes if n_genes is None else n_genes
+    return choose_engine(n_cells, n_genes, config, n_devices=n_devices).minibatch
 
 
 # ----------------------------------------------------------------------------- engines

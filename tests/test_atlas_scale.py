@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from scllm_jax.config import ScllmConfig
 from scllm_jax.preprocess import Preprocessor, ScaledExpression
 from scllm_jax.synthetic import synthetic_atlas
-from scllm_jax.train import use_minibatch
+from scllm_jax.train import FULL_GRAPH_MEMORY_SHARE, choose_engine, full_graph_bytes, use_minibatch
 
 
 def test_synthetic_atlas_is_sparse_counts_over_real_symbols():
@@ -41,3 +41,34 @@ def test_minibatch_switch():
     assert not use_minibatch(999, config, n_devices=1)
     assert use_minibatch(1000, config, n_devices=1)
     assert use_minibatch(10, config, n_devices=4)
+
+
+def test_engine_from_the_device_memory():
+    config = ScllmConfig(minibatch_min_cells=10 ** 9)  # the cell count never decides here
+    need = full_graph_bytes(100_000, 2000, config)
+    # The estimate grows with cells and genes, and is of the measured order (200k cells: 8.8 GB peak RSS).
+    assert full_graph_bytes(200_000, 2000, config) == 2 * need > full_graph_bytes(200_000, 500, config)
+    assert 8e9 < full_graph_bytes(200_000, 2000, config) < 1.5e10
+    fits = choose_engine(100_000, 2000, config, n_devices=1, memory=int(need / FULL_GRAPH_MEMORY_SHARE) + 1)
+    assert fits == (False, False, fits.reason) and "fits" in fits.reason
+    small_device = choose_engine(100_000, 2000, config, n_devices=1, memory=int(need / FULL_GRAPH_MEMORY_SHARE) - 1)
+    assert small_device.minibatch and small_device.large and "GiB" in small_device.reason
+    # Several devices train data parallel, but the data is not large: the preprocessing stays dense.
+    assert choose_engine(100, 2000, config, n_devices=4, memory=10 ** 12)[:2] == (True, False)
+    many = choose_engine(5000, 2000, config.replace(minibatch_min_cells=5000), n_devices=1, memory=10 ** 15)
+    assert many[:2] == (True, True) and "minibatch_min_cells=5000" in many.reason
+
+
+def test_fit_decides_the_engine_once_and_the_preprocessing_follows(monkeypatch):
+    """A device too small for the full graph: blocks of sparse preprocessing, then mini-batches."""
+    import scllm_jax.train as train
+    from scllm_jax.model import ScllmModel
+
+    adata = synthetic_atlas(400, 200, 3, seed=3)
+    config = ScllmConfig.tiny(n_top_genes=120, minibatch_size=128, pretrain_epochs=2, cluster_epochs=1,
+                              update_interval=1)
+    monkeypatch.setattr(train, "device_memory_bytes", lambda: full_graph_bytes(400, 120, config))
+    model = ScllmModel(config).fit(adata, 3, progress=False)
+    assert model.engine_.minibatch and model.engine_.large and "GiB" in model.engine_.reason
+    assert isinstance(model.prepared_.expression, ScaledExpression)
+    assert model.result.pretrain_epochs == 2 and len(model.labels_) == 400

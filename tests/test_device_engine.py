@@ -233,6 +233,31 @@ def test_device_moments_and_projection_equal_the_host_loop():
                                atol=1e-4)
 
 
+@pytest.mark.parametrize("same_pieces", [True, False])
+def test_training_takes_over_the_preprocessing_device_csr(same_pieces):
+    """The atlas preprocessing's device copy of the CSR becomes the training target (once), not a second copy."""
+    pca, matrix, _ = _cells()
+    mean = np.asarray(matrix.mean(axis=0)).ravel().astype(np.float32)
+    expression = ScaledExpression(matrix, mean, np.ones(matrix.shape[1], np.float32))
+    blocks = _DeviceBlocks(expression, max_piece_entries=150)
+    assert expression.device_copy is not None
+    adjacency = normalized_adjacency(knn_indices(pca, 6))
+    data = minibatch_data(pca, expression, adjacency, None, ScllmConfig.tiny(minibatch_size=32), data_mesh(),
+                          max_piece_entries=150 if same_pieces else 200)
+    assert expression.device_copy is None  # handed over (or dropped): the prepared data pins no device memory
+    shared = [a.unsafe_buffer_pointer() == b.unsafe_buffer_pointer()
+              for a, b in zip(jax.tree.leaves(blocks.rows.pieces), jax.tree.leaves(data.tables.expression.pieces))]
+    assert all(shared) if same_pieces else not any(shared)
+    batches = np.arange(64).reshape(2, 32)
+    budgets = plan_budgets(data, batches)
+    batch = gather_batch(data.tables, put_batches(data, batches)[1], budgets)
+    np.testing.assert_allclose(np.asarray(batch.target), expression[batches[1]], rtol=1e-6, atol=1e-6)
+    # A second build (another fit on the same prepared data) ships its own copy.
+    again = minibatch_data(pca, expression, adjacency, None, ScllmConfig.tiny(minibatch_size=32), data_mesh(),
+                           max_piece_entries=150)
+    assert len(again.tables.expression.pieces) == len(blocks.rows.pieces)
+
+
 def test_compilation_cache_is_kept_on_an_accelerator_only(monkeypatch, tmp_path):
     import scllm_jax.parallel as parallel
 
