@@ -72,3 +72,21 @@ def test_fit_decides_the_engine_once_and_the_preprocessing_follows(monkeypatch):
     assert model.engine_.minibatch and model.engine_.large and "GiB" in model.engine_.reason
     assert isinstance(model.prepared_.expression, ScaledExpression)
     assert model.result.pretrain_epochs == 2 and len(model.labels_) == 400
+
+
+def test_scaled_blocks_are_exactly_the_scaling_formula():
+    """Blocks (row slices, scaled in place) and indexed rows equal clip((x - mean) / std) in float32, bit for bit."""
+    adata = synthetic_atlas(700, 150, 4, seed=4)
+    matrix = sp.csr_matrix(np.log1p(adata.X.toarray()).astype(np.float32))
+    mean = np.asarray(matrix.mean(axis=0)).ravel().astype(np.float32)
+    std = np.linspace(0.01, 2.0, matrix.shape[1]).astype(np.float32)  # some values clip at +-10
+    expression = ScaledExpression(matrix, mean, std)
+    formula = np.clip((matrix.toarray() - mean) / std, -10.0, 10.0).astype(np.float32)
+    assert np.abs(formula).max() == 10.0
+    blocks = list(expression.blocks(size=300))
+    assert [start for start, _ in blocks] == [0, 300, 600]
+    np.testing.assert_array_equal(np.vstack([block for _, block in blocks]), formula)
+    rows = np.array([5, 699, 0, 5])
+    np.testing.assert_array_equal(expression[rows], formula[rows])
+    assert matrix.data.min() >= 0 and matrix.nnz > 0  # the input was not scaled in place
+    np.testing.assert_array_equal(matrix.toarray(), np.log1p(adata.X.toarray()).astype(np.float32))
