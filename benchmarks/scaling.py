@@ -147,7 +147,8 @@ def plot(results: Path, out: Path) -> None:
         if "steady_epoch_s" not in table:
             table["steady_epoch_s"] = float("nan")
         for (device, engine), rows in table.groupby(["device", "engine"]):
-            rows = rows.sort_values("n_cells").drop_duplicates("n_cells", keep="last")
+            # Stable: within a size the file order holds, so the latest row is kept.
+            rows = rows.sort_values("n_cells", kind="stable").drop_duplicates("n_cells", keep="last")
             seconds = rows["steady_epoch_s"].fillna(rows["s_per_epoch"])
             style = "-o" if engine == "device-resident" else "--s"
             ax.plot(rows["n_cells"], seconds, style, label=f"{device}, {engine}")

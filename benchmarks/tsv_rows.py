@@ -10,7 +10,8 @@ def append_row(path: Path, columns: list[str], row: dict) -> None:
     """Append ``row`` to the TSV at ``path`` (created with a header if missing) and echo it."""
     new = not path.exists()
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, delimiter="\t")
+        # Plain newlines: "\r\n" (csv's default) breaks rows that shell tools append to later.
+        writer = csv.DictWriter(handle, fieldnames=columns, delimiter="\t", lineterminator="\n")
         if new:
             writer.writeheader()
         writer.writerow(row)
