@@ -251,7 +251,10 @@ def full_graph_bytes(n_cells: int, n_genes: int, config: ScllmConfig) -> int:
 
 def device_memory_bytes() -> int | None:
     """Memory of the first local device: the accelerator's limit, or the host's RAM on a CPU (``None``: unknown)."""
-    stats = jax.local_devices()[0].memory_stats()
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # some backends do not implement it; the host's RAM is then the bound
+        stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     try:

@@ -8,7 +8,8 @@ import scipy.sparse as sp
 from scllm_jax.config import ScllmConfig
 from scllm_jax.preprocess import Preprocessor, ScaledExpression
 from scllm_jax.synthetic import synthetic_atlas
-from scllm_jax.train import FULL_GRAPH_MEMORY_SHARE, choose_engine, full_graph_bytes, use_minibatch
+from scllm_jax.train import (FULL_GRAPH_MEMORY_SHARE, choose_engine, device_memory_bytes, full_graph_bytes,
+                             use_minibatch)
 
 
 def test_synthetic_atlas_is_sparse_counts_over_real_symbols():
@@ -45,6 +46,7 @@ def test_minibatch_switch():
 
 def test_engine_from_the_device_memory():
     config = ScllmConfig(minibatch_min_cells=10 ** 9)  # the cell count never decides here
+    assert device_memory_bytes() > 2 ** 30  # this CPU: the host's RAM
     need = full_graph_bytes(100_000, 2000, config)
     # The estimate grows with cells and genes, and is of the measured order (200k cells: 8.8 GB peak RSS).
     assert full_graph_bytes(200_000, 2000, config) == 2 * need > full_graph_bytes(200_000, 500, config)
