@@ -305,7 +305,6 @@ class TrainConfig:
         Optimiser steps between checkpoints.
     checkpoint_restart
         Delete the checkpoints found in ``checkpoint_dir`` and start afresh.
-
     """
 
     learning_rate: float = 1e-3
@@ -373,6 +372,10 @@ class ClusteringConfig:
         selection's k-means reference); the lowest inertia is kept.
     final_selection
         ``"neighbourhood"``: keep the trained head's clusters unless the
+        reference clustering of the principal components puts more of each
+        cell's ``selection_neighbors`` nearest neighbours in its own cluster
+        (:func:`~scllm_jax.partition.final_partition`); ``"head"``: always the
+        head's (the paper's).
     reference_clustering
         The clustering of the principal components the head is checked
         against: ``"ward"`` (Ward's agglomerative clustering; deterministic,
@@ -401,6 +404,7 @@ class ClusteringConfig:
         if self.leiden_resolution <= 0:
             problems.append("leiden_resolution must be > 0")
         _raise(problems)
+
 
 #: The sections of :class:`ScllmConfig`, by attribute name.
 SECTIONS = {"preprocess": PreprocessConfig, "graph": GraphConfig, "semantic": SemanticConfig,

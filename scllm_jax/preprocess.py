@@ -95,25 +95,27 @@ class ScaledExpression:
         return self.log_expression.shape
 
     def __getitem__(self, rows) -> np.ndarray:
-        return self._scaled(self.log_expression[rows].toarray())
-
-    def _scaled(self, dense: np.ndarray) -> np.ndarray:
-        if dense.dtype != np.float32:
-            return np.clip((dense - self.mean) / self.std, -_SCALE_CLIP, _SCALE_CLIP).astype(np.float32)
-        # In place: the same float32 operations, without three temporaries the size of the block.
-        np.subtract(dense, self.mean, out=dense)
-        np.divide(dense, self.std, out=dense)
-        return np.clip(dense, -_SCALE_CLIP, _SCALE_CLIP, out=dense)
+        return _scaled(self.log_expression[rows].toarray(), self.mean, self.std)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self[np.arange(self.shape[0])]
+        out = _scaled(self.log_expression.toarray(), self.mean, self.std)
         return out if dtype is None else out.astype(dtype)
 
     def blocks(self, size: int = 20_000):
         """``(start, dense rows)`` in consecutive blocks of ``size`` cells."""
         for start in range(0, self.shape[0], size):
             # A slice, not an index array: scipy copies a row range without gathering rows one by one.
-            yield start, self._scaled(self.log_expression[start:start + size].toarray())
+            yield start, _scaled(self.log_expression[start:start + size].toarray(), self.mean, self.std)
+
+
+def _scaled(dense: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``clip((dense - mean) / std, -clip, clip)`` as float32; in place (``dense`` is a fresh array) when all are float32."""
+    if not dense.dtype == mean.dtype == std.dtype == np.float32:
+        return np.clip((dense - mean) / std, -_SCALE_CLIP, _SCALE_CLIP).astype(np.float32)
+    # In place: the same float32 operations, without three temporaries the size of the matrix.
+    np.subtract(dense, mean, out=dense)
+    np.divide(dense, std, out=dense)
+    return np.clip(dense, -_SCALE_CLIP, _SCALE_CLIP, out=dense)
 
 
 class _DeviceBlocks:
@@ -522,8 +524,7 @@ class Preprocessor:
         kept_position = {name: j for j, name in enumerate(self.gene_names)}
         full = _log_normalise(kept, self.values, self.target_sum, self.log_base)
         log_expression = _select_columns(full, np.array([kept_position[g] for g in self.hvg_names]))
-        dense = log_expression.toarray()
-        scaled = np.clip((dense - self.gene_mean) / self.gene_std, -_SCALE_CLIP, _SCALE_CLIP).astype(np.float32)
+        scaled = _scaled(log_expression.toarray(), self.gene_mean, self.gene_std)
         return PreparedData(log_expression, self.hvg_names, scaled, self._project(scaled))
 
     def _project(self, scaled: np.ndarray) -> np.ndarray:

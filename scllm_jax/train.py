@@ -285,15 +285,15 @@ def choose_engine(n_cells: int, n_genes: int, config: ScllmConfig, *, n_devices:
     memory
         The device's bytes (default: :func:`device_memory_bytes`).
     """
-    n_devices = jax.device_count() if n_devices is None else n_devices
-    memory = device_memory_bytes() if memory is None else memory
     if n_cells >= config.train.minibatch_min_cells:
         return EngineChoice(True, True, f"{n_cells} cells, from minibatch_min_cells="
                                         f"{config.train.minibatch_min_cells} on")
     need = full_graph_bytes(n_cells, n_genes, config)
+    memory = device_memory_bytes() if memory is None else memory
     if memory is not None and need > FULL_GRAPH_MEMORY_SHARE * memory:
         return EngineChoice(True, True, f"the full graph would need about {need / 2 ** 30:.1f} GiB, more than "
                                         f"{FULL_GRAPH_MEMORY_SHARE:.0%} of the device's {memory / 2 ** 30:.1f} GiB")
+    n_devices = jax.device_count() if n_devices is None else n_devices
     if n_devices > 1:
         return EngineChoice(True, False, f"{n_devices} devices (data parallel)")
     return EngineChoice(False, False, f"the full graph fits (about {need / 2 ** 30:.2f} GiB)")
