@@ -55,12 +55,18 @@ class PreparedData:
         at atlas scale (:attr:`~scllm_jax.train.EngineChoice.large`).
     pca
         Cells x ``n_pcs`` principal components, float32 (graph and encoder input).
+    pca_mean, pca_components
+        The fitted projection, ``pca = (expression - pca_mean) @ pca_components.T``
+        (``n_genes`` and ``n_pcs x n_genes``); path 1 of the semantic view pools
+        gene embeddings over the expression it keeps, ``pca @ pca_components + pca_mean``.
     """
 
     log_expression: sp.csr_matrix
     gene_names: np.ndarray
     expression: "np.ndarray | ScaledExpression"
     pca: np.ndarray
+    pca_mean: np.ndarray | None = None
+    pca_components: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
@@ -400,8 +406,8 @@ class Preprocessor:
                              "at least 3 cells and 3 variable genes are needed.")
         components = _pca_components(scaled, n_pcs, config.seed)
         state = cls._fitted(checked, gene_names, hvg, config, mean, std, scaled.mean(axis=0), components)
-        return state, PreparedData(log_hvg, state.hvg_names, scaled,
-                                   state._project(scaled))
+        return state, PreparedData(log_hvg, state.hvg_names, scaled, state._project(scaled),
+                                   state.pca_mean, state.pca_components)
 
     @classmethod
     def _fitted(cls, checked: CheckedExpression, gene_names: np.ndarray, hvg: np.ndarray, config: ScllmConfig,
@@ -491,7 +497,8 @@ class Preprocessor:
                 pca[start:start + block.shape[0]] = state._project(block)
         logger.info("scaled and projected on %d principal components (%s) in %.1f s", n_pcs,
                     "on the device" if on_device else "on the host", time.perf_counter() - began)
-        return state, PreparedData(log_hvg, state.hvg_names, expression, pca)
+        return state, PreparedData(log_hvg, state.hvg_names, expression, pca, state.pca_mean,
+                                   state.pca_components)
 
     def transform(self, adata: ad.AnnData, *, layer: str | None = None) -> PreparedData:
         """Map new cells into the fitted space (same value type, genes, scaling and PCA).
@@ -525,7 +532,8 @@ class Preprocessor:
         full = _log_normalise(kept, self.values, self.target_sum, self.log_base)
         log_expression = _select_columns(full, np.array([kept_position[g] for g in self.hvg_names]))
         scaled = _scaled(log_expression.toarray(), self.gene_mean, self.gene_std)
-        return PreparedData(log_expression, self.hvg_names, scaled, self._project(scaled))
+        return PreparedData(log_expression, self.hvg_names, scaled, self._project(scaled), self.pca_mean,
+                            self.pca_components)
 
     def _project(self, scaled: np.ndarray) -> np.ndarray:
         return ((scaled - self.pca_mean) @ self.pca_components.T).astype(np.float32)

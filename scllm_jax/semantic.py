@@ -130,8 +130,8 @@ def path1_embedding(prepared: PreparedData, gene_table: dict[str, np.ndarray], c
     Parameters
     ----------
     prepared
-        Preprocessed cells (``expression`` for standardised weights,
-        ``log_expression`` for log weights).
+        Preprocessed cells (``pca`` and its fitted projection for denoised
+        weights, ``expression`` for standardised, ``log_expression`` for log).
     gene_table
         From :func:`gene_embedding_table`, aligned with ``prepared.gene_names``.
     config
@@ -144,12 +144,18 @@ def path1_embedding(prepared: PreparedData, gene_table: dict[str, np.ndarray], c
         weights, unit rows with log weights (zero rows for cells with no
         embedded gene).
     """
-    from .knowledge.cell_text import (abundance_weighted_embedding, postprocess_gene_embeddings,
-                                      standardised_embedding)
+    from .knowledge.cell_text import (abundance_weighted_embedding, denoised_embedding,
+                                      postprocess_gene_embeddings, standardised_embedding)
 
     if gene_table is None or gene_table["embeddings"] is None:
         raise ValueError("Path 1 needs gene embeddings; none were built for this model.")
     genes = postprocess_gene_embeddings(gene_table["embeddings"], gene_table["mask"], config.semantic.gene_postprocess)
+    if config.semantic.path1_weights == "denoised":
+        if prepared.pca_components is None:
+            raise ValueError("path1_weights='denoised' needs the fitted PCA (PreparedData.pca_components); "
+                             "prepare the cells with Preprocessor.fit or transform.")
+        return denoised_embedding(prepared.pca, prepared.pca_mean, prepared.pca_components, genes,
+                                  gene_mask=gene_table["mask"])
     if config.semantic.path1_weights == "standardised":
         return standardised_embedding(prepared.expression, genes, gene_mask=gene_table["mask"])
     return abundance_weighted_embedding(prepared.log_expression, genes, config.semantic.top_k_genes,
@@ -170,6 +176,8 @@ def cell_view_from_gene_embeddings(adata: ad.AnnData, prepared: PreparedData,
     """
     from .knowledge.cell_text import cell_sentences, fuse_views, sentence_embeddings
 
+    if not {"path1", "path2"} & set(paths):
+        raise ValueError(f"paths must name path1, path2 or both, got {list(paths)}: set use_path1 or use_path2.")
     views = []
     if "path1" in paths:
         views.append(path1_embedding(prepared, gene_table, config))

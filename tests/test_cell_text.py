@@ -196,3 +196,36 @@ def test_standardised_embedding_matches_numpy_and_lazy_input(anisotropic_genes):
         np.testing.assert_allclose(result, expected, atol=1e-5)
     with pytest.raises(ValueError, match="genes"):
         standardised_embedding(dense[:, :-1], anisotropic_genes)
+
+
+def test_denoised_embedding_pools_over_the_principal_components(anisotropic_genes):
+    from scllm_jax.knowledge.cell_text import denoised_embedding, standardised_embedding
+
+    rng = np.random.default_rng(8)
+    n_genes = anisotropic_genes.shape[0]
+    mask = np.any(anisotropic_genes != 0, axis=1)
+    genes = anisotropic_genes[mask].astype(np.float64)
+    scale = np.linalg.norm(genes)
+    # Two cell groups apart along one gene axis, plus gene-by-gene noise.
+    axis = rng.standard_normal(n_genes)
+    axis /= np.linalg.norm(axis)
+    scores = np.repeat([-2.0, 2.0], 15)[:, None]
+    dense = (scores * axis + 0.3 * rng.standard_normal((30, n_genes))).astype(np.float32)
+    mean = dense.mean(axis=0)
+    _, _, vt = np.linalg.svd(dense - mean, full_matrices=False)
+    # Every component kept: the reconstruction is the expression, so the pooling is the standardised one.
+    full = denoised_embedding((dense - mean) @ vt.T, mean, vt, anisotropic_genes)
+    np.testing.assert_allclose(full, standardised_embedding(dense, anisotropic_genes), atol=1e-4)
+    # One component: each cell is its score times the axis's text vector, plus the mean's.
+    one = vt[:1]
+    pca = (dense - mean) @ one.T
+    expected = (pca @ (one[:, mask] @ genes) + mean[mask] @ genes) / scale
+    result = denoised_embedding(pca, mean, one, anisotropic_genes)
+    assert result.dtype == np.float32 and result.shape == (30, genes.shape[1])
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+    # The noise is gone: within a group the text vectors agree far better than the raw pooling's.
+    raw = standardised_embedding(dense, anisotropic_genes)
+    spread = [np.linalg.norm(z[:15] - z[:15].mean(axis=0), axis=1).mean() for z in (result, raw)]
+    assert spread[0] < 0.2 * spread[1], spread
+    with pytest.raises(ValueError, match="chain"):
+        denoised_embedding(pca, mean, one[:, :-1], anisotropic_genes)

@@ -47,12 +47,14 @@ def test_one_epoch_count_for_both_engines():
 
 
 def test_the_flat_format_of_earlier_versions_loads():
-    assert ScllmConfig.from_dict(FLAT_V0) == ScllmConfig()
+    # The defaults of that version, path 1's pooling included (a saved model keeps its own).
+    assert ScllmConfig.from_dict(FLAT_V0) == ScllmConfig(path1_weights="standardised")
     # A changed mini-batch epoch count becomes the epoch count.
     assert ScllmConfig.from_dict({**FLAT_V0, "minibatch_pretrain_epochs": 2}).train.pretrain_epochs == 2
     assert ScllmConfig.from_dict({**FLAT_V0, "cluster_epochs": 50}).train.cluster_epochs == 50
     changed = {**FLAT_V0, "n_pcs": 30, "hidden_dims": [128], "use_semantic": True}
-    assert ScllmConfig.from_dict(changed) == ScllmConfig(n_pcs=30, hidden_dims=(128,), use_semantic=True)
+    assert ScllmConfig.from_dict(changed) == ScllmConfig(n_pcs=30, hidden_dims=(128,), use_semantic=True,
+                                                         path1_weights="standardised")
 
 
 def test_old_settings_that_cannot_be_kept_are_refused_by_name():

@@ -3,8 +3,10 @@
 Path 1 pools gene embeddings into cells. The gene embeddings are first
 post-processed (:func:`postprocess_gene_embeddings`: centred, their top common
 directions removed, optionally whitened), then summed per cell with one of two
-weightings: :func:`standardised_embedding` weighs every variable gene by its
-per-gene standardised expression (``Z1 = X_std @ G``, one scale for all cells);
+weightings: :func:`denoised_embedding` weighs every variable gene by the
+standardised expression that the principal components keep
+(``Z1 = X_pca @ G``, the default); :func:`standardised_embedding` by the
+standardised expression itself (``Z1 = X_std @ G``, one scale for all cells);
 :func:`abundance_weighted_embedding` is the paper's sum of the top-k expressed
 genes weighted by expression (``Z1 = X_topk @ G_topk``), as one jitted JAX
 computation over fixed-size blocks of cells. Path 2
@@ -32,6 +34,7 @@ __all__ = [
     "SENTENCE_VERSION",
     "abundance_weighted_embedding",
     "cell_sentences",
+    "denoised_embedding",
     "fuse_views",
     "postprocess_gene_embeddings",
     "sentence_embeddings",
@@ -173,6 +176,53 @@ def standardised_embedding(scaled_expression, gene_embeddings: np.ndarray | jax.
         padded[: len(rows)] = rows
         out[start:start + len(rows)] = np.asarray(_project_block(jnp.asarray(padded), genes))[: len(rows)]
     return out
+
+
+def denoised_embedding(pca: np.ndarray, pca_mean: np.ndarray, pca_components: np.ndarray,
+                       gene_embeddings: np.ndarray, *, gene_mask: np.ndarray | None = None) -> np.ndarray:
+    """Path 1 over the expression the principal components keep: ``Z1 = X_pca @ G / ||G||_F``.
+
+    ``X_pca = pca @ pca_components + pca_mean`` is the standardised expression
+    reconstructed from its principal components. Single-cell expression is
+    mostly sampling noise gene by gene; the expression view clusters on the
+    principal components for that reason, and pooling gene embeddings over
+    the raw standardised values carries that noise into every cell's text
+    vector (a few thousand genes, each a noisy weight). Pooled over what the
+    components keep, a gene counts by the part of its expression that it
+    shares with the other genes of the main axes of variation. The product
+    is taken as ``pca @ (pca_components @ G)``: each principal axis gets one
+    text vector, the genes' embeddings weighted by their loadings, and a cell
+    is the sum of its axes' vectors weighted by its scores; ``O(cells x
+    n_pcs x d)``, no pass over the expression. Weights and scale are
+    otherwise those of :func:`standardised_embedding` (on the same scale
+    when the components keep all variation).
+
+    Parameters
+    ----------
+    pca
+        ``(n_cells, n_pcs)`` principal components of the cells.
+    pca_mean, pca_components
+        ``(n_genes,)`` and ``(n_pcs, n_genes)``: the fitted projection,
+        ``pca = (X_std - pca_mean) @ pca_components.T``.
+    gene_embeddings, gene_mask
+        As for :func:`abundance_weighted_embedding`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_cells, d)`` float32; raises ValueError where the shapes disagree.
+    """
+    genes = np.asarray(gene_embeddings, dtype=np.float64)
+    components = np.asarray(pca_components, dtype=np.float64)
+    pca = np.asarray(pca, dtype=np.float64)
+    if components.shape[1] != genes.shape[0] or pca.shape[1] != components.shape[0]:
+        raise ValueError(f"pca {pca.shape}, pca_components {components.shape} and gene_embeddings {genes.shape} "
+                         "do not chain (cells x pcs, pcs x genes, genes x d).")
+    mask = _gene_mask(genes, gene_mask)
+    genes = np.where(mask[:, None], genes, 0.0)
+    genes = genes / max(float(np.linalg.norm(genes)), _EPS)
+    axes = components @ genes  # one text vector per principal axis
+    return (pca @ axes + np.asarray(pca_mean, np.float64) @ genes).astype(np.float32)
 
 
 def _as_csr(expression: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
