@@ -169,7 +169,8 @@ def scanpy_reference_preprocess(adata, seed: int):
     sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat")
     adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
     sc.pp.scale(adata, max_value=10)
-    sc.pp.pca(adata, n_comps=50, random_state=seed)
+    # 50 components, fewer on tiny data (PCA has at most min(cells, genes) - 1 of them).
+    sc.pp.pca(adata, n_comps=min(50, adata.n_obs - 1, adata.n_vars - 1), random_state=seed)
     return adata
 
 

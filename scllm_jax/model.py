@@ -21,7 +21,8 @@ from flax import nnx
 
 from .assignment import student_t_assign
 from .config import ScllmConfig
-from .graph import attach_cells, graph_from_adjacency, knn_adjacency, knn_indices, normalized_adjacency
+from .graph import (attach_cells, graph_from_adjacency, graph_neighbours, knn_adjacency, knn_indices,
+                    normalized_adjacency)
 from .modules import ROWWISE_MAX_HIDDEN_LAYERS
 from .n_clusters import estimate_n_clusters
 from .partition import InitialPartition, assign_by_neighbours, final_partition, initial_partition
@@ -78,6 +79,8 @@ class ScllmModel:
         self._reference_labels: np.ndarray | None = None
         #: Full graph or mini-batches, and why (set by :meth:`fit`).
         self.engine_: EngineChoice | None = None
+        #: Neighbours per cell of the cell graph (:func:`~scllm_jax.graph.graph_neighbours`; set by :meth:`fit`).
+        self.graph_neighbors_: int | None = None
 
     # ------------------------------------------------------------------ fitting
     def fit(self, adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | None = None,
@@ -134,6 +137,8 @@ class ScllmModel:
         logger.info("preprocessed %d cells in %.1f s", prepared.n_cells, self.timings["preprocess"])
         text = self._semantic_view(adata, prepared, gene_symbols_key=gene_symbols_key, progress=progress)
         self.prepared_, self.cell_text_ = prepared, text
+        # With K given, neighbourhoods no larger than a mean-sized cluster (tiny data sets).
+        self.graph_neighbors_ = graph_neighbours(adata.n_obs, config.graph.n_neighbors, n_clusters)
         data, indices, self.timings["graph"] = self._training_data(prepared, text)
         logger.info("graph and training data in %.1f s", self.timings["graph"])
 
@@ -163,7 +168,8 @@ class ScllmModel:
         clustering = config.clustering
         choice = final_partition(self.result.labels, prepared.pca, indices, self.result.embedding, self.n_clusters,
                                  method=clustering.final_selection, seed=config.seed, n_init=clustering.kmeans_n_init,
-                                 n_neighbors=clustering.selection_neighbors, reference=clustering.reference_clustering,
+                                 n_neighbors=min(clustering.selection_neighbors, self.graph_neighbors_),
+                                 reference=clustering.reference_clustering,
                                  exact_max_cells=config.graph.exact_knn_max_cells)
         self.timings["selection"] = time.perf_counter() - start_selection
         logger.info("final partition: %s, in %.1f s", choice.chosen, self.timings["selection"])
@@ -195,7 +201,7 @@ class ScllmModel:
     def _training_data(self, prepared: PreparedData, text: np.ndarray | None):
         """The arrays training reads, the cells' kNN indices, and the seconds it took."""
         start = time.perf_counter()
-        indices = knn_indices(prepared.pca, self.config.graph.n_neighbors,
+        indices = knn_indices(prepared.pca, self.graph_neighbors_,
                               exact_max_cells=self.config.graph.exact_knn_max_cells, seed=self.config.seed)
         adjacency = normalized_adjacency(indices)
         self._reference_pca, self._reference_adjacency = prepared.pca, adjacency
@@ -287,7 +293,7 @@ class ScllmModel:
             # The fit reported the reference clustering of the principal components: new cells take the
             # cluster of their nearest training cells there.
             reference_vote = assign_by_neighbours(self._reference_pca, self._reference_labels, prepared.pca,
-                                                  self.n_clusters, n_neighbors=self.config.graph.n_neighbors,
+                                                  self.n_clusters, n_neighbors=self.graph_neighbors_,
                                                   exact_max_cells=self.config.graph.exact_knn_max_cells,
                                                   seed=self.config.seed)
             if not return_embedding:  # the network is not needed for these labels
@@ -300,7 +306,7 @@ class ScllmModel:
                                                   paths=self.semantic_info["paths"], progress=progress)
         n_reference, n_new = self._reference_pca.shape[0], prepared.n_cells
         adjacency = attach_cells(self._reference_adjacency, self._reference_pca, prepared.pca,
-                                 self.config.graph.n_neighbors, exact_max_cells=self.config.graph.exact_knn_max_cells,
+                                 self.graph_neighbors_, exact_max_cells=self.config.graph.exact_knn_max_cells,
                                  seed=self.config.seed)
         # Nodes and edges padded to budgets that grow in powers of two (a padding graph that no
         # real node reads), so that one compiled embedding serves many batch sizes.
@@ -343,7 +349,7 @@ class ScllmModel:
         if self._reference_labels is not None:
             np.save(path / "reference_labels.npy", self._reference_labels)
         meta = {"format_version": _FORMAT_VERSION, "config": self.config.to_dict(),
-                "n_clusters": self.n_clusters, "text_dim": self._text_dim,
+                "n_clusters": self.n_clusters, "text_dim": self._text_dim, "graph_neighbors": self.graph_neighbors_,
                 "semantic_info": self.semantic_info, "selection": self.selection_}
         (path / "model.json").write_text(json.dumps(meta, indent=2, default=str))
         return path
@@ -364,6 +370,8 @@ class ScllmModel:
         saved = {"path1_weights": "log", "gene_postprocess": "none", **meta["config"]}
         model = cls(ScllmConfig.from_dict(saved))
         model.n_clusters, model._text_dim = meta["n_clusters"], meta["text_dim"]
+        # Saved before the graph's neighbour count depended on K: the configured count.
+        model.graph_neighbors_ = meta.get("graph_neighbors", model.config.graph.n_neighbors)
         model.semantic_info = meta.get("semantic_info", {})
         model.selection_ = meta.get("selection", {"chosen": "head"})
         with np.load(path / "preprocessor.npz", allow_pickle=False) as arrays:

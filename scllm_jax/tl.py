@@ -100,6 +100,7 @@ def cluster(adata: ad.AnnData, n_clusters: int | None = None, *, layer: str | No
     adata.uns[key_added] = {
         "params": {"config": model.config.to_dict(), "n_clusters": model.n_clusters,
                    "n_clusters_given": n_clusters is not None, "seed": model.config.seed,
+                   "graph_neighbors": model.graph_neighbors_,
                    "versions": _versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
         "loss_history": {phase: {term: np.asarray(values, dtype=np.float32) for term, values in terms.items()}
                          for phase, terms in result.history.items()},

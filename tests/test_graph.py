@@ -52,3 +52,13 @@ def test_approximate_neighbours_agree_with_exact():
 def test_graph_refuses_too_few_cells():
     with pytest.raises(ValueError, match="at least 3 cells"):
         knn_indices(np.zeros((2, 3), dtype=np.float32), 15)
+
+
+def test_graph_neighbours_stay_within_a_mean_sized_cluster():
+    from scllm_jax.graph import graph_neighbours, neighbour_count
+
+    assert graph_neighbours(822, 15, 13) == 15  # 63 cells per cluster: the configured count
+    assert graph_neighbours(240, 15, 15) == 15  # from 16 cells per cluster on, unchanged
+    assert graph_neighbours(30, 15, 5) == 5  # six cells per cluster: the five others
+    assert graph_neighbours(20, 15, 8) == 1  # never below one
+    assert graph_neighbours(30, 15, None) == neighbour_count(30, 15) == 14  # K not known yet: no cap

@@ -172,3 +172,22 @@ def test_alignment_variants_train(baron_small, alignment, minibatch):
     align = np.asarray(model.result.history["cluster"]["align"])
     assert align.size > 0 and np.all(np.isfinite(align))
     assert cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"] > 0.5
+
+
+def test_tiny_data_gets_neighbourhoods_within_a_cluster(baron_small, tmp_path):
+    """36 cells of 4 types: the cell graph, the final check and predict use 8 neighbours, not 15."""
+    from scllm_jax.model import ScllmModel
+
+    adata = baron_small[:36].copy()
+    model = ScllmModel(GRAPH_ONLY).fit(adata, 4, progress=False)
+    assert model.graph_neighbors_ == 36 // 4 - 1 == 8
+    # Each cell's row of the symmetrised graph: itself, its 8 neighbours, and cells that chose it
+    # (with 15 neighbours no row would have fewer than 16).
+    degrees = np.diff(model._reference_adjacency.indptr)
+    assert degrees.min() == 9 and np.median(degrees) < 16, degrees
+    model.save(tmp_path / "tiny")
+    again = ScllmModel.load(tmp_path / "tiny")
+    assert again.graph_neighbors_ == 8
+    np.testing.assert_array_equal(again.predict(adata), model.predict(adata))
+    labelled = sj.tl.cluster(adata, 4, config=GRAPH_ONLY, copy=True, progress=False)
+    assert labelled.uns["scllm"]["params"]["graph_neighbors"] == 8
