@@ -108,7 +108,7 @@ class GraphConfig:
     n_neighbors
         Neighbours per cell in the kNN graph (before symmetrisation). With
         K given, at most ``n_cells // K - 1`` (the other cells of a
-        mean-sized cluster; :func:`~scllm_jax.graph.graph_neighbours`), which
+        mean-sized cluster; :func:`~scllm_jax.graph.neighbour_count`), which
         only binds below 16 cells per cluster.
     exact_knn_max_cells
         Up to this many cells neighbours are exact; above it pynndescent.

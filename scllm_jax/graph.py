@@ -139,32 +139,25 @@ def device_knn(features: np.ndarray, k: int, *, query_block: int = _QUERY_BLOCK,
     return np.asarray(found, dtype=np.int64).reshape(-1, k)[:n_cells]
 
 
-def neighbour_count(n_cells: int, n_neighbors: int) -> int:
+def neighbour_count(n_cells: int, n_neighbors: int, n_clusters: int | None = None) -> int:
     """Neighbours per cell in a graph of ``n_cells``: ``n_neighbors``, fewer on tiny data.
 
-    On tiny data a complete graph would give every cell the same smoothed input.
-    """
-    return min(n_neighbors, max(1, (n_cells - 1) // 2))
-
-
-def graph_neighbours(n_cells: int, n_neighbors: int, n_clusters: int | None = None) -> int:
-    """Neighbours per cell of the cell graph: :func:`neighbour_count`, and with K known at most a mean cluster's other cells.
-
-    A cell whose neighbourhood holds more cells than its cluster can reach
-    into other clusters on every side, and the graph convolution then
-    averages types together: 15 neighbours among 30 cells of 5 types are
-    half the data. So with ``n_clusters`` given the count is at most
-    ``n_cells // n_clusters - 1`` (at least 1). From 16 cells per cluster on,
-    it is ``n_neighbors`` as before.
+    On tiny data a complete graph would give every cell the same smoothed
+    input, so the count is at most ``(n_cells - 1) // 2``. With K known it is
+    also at most a mean-sized cluster's other cells, ``n_cells // n_clusters
+    - 1`` (at least 1): a neighbourhood larger than its cluster reaches into
+    other clusters on every side, and the graph convolution averages types
+    together (15 neighbours among 30 cells of 5 types are half the data).
+    From 16 cells per cluster on that cap does not bind.
 
     Parameters
     ----------
     n_cells, n_neighbors
-        As for :func:`neighbour_count`.
+        Cells in the graph, neighbours asked for.
     n_clusters
-        K, or ``None`` when it is not known yet (no cap).
+        K, or ``None`` when it is not known (no cluster cap).
     """
-    count = neighbour_count(n_cells, n_neighbors)
+    count = min(n_neighbors, max(1, (n_cells - 1) // 2))
     if n_clusters:
         count = min(count, max(1, n_cells // n_clusters - 1))
     return count

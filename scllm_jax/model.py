@@ -21,7 +21,7 @@ from flax import nnx
 
 from .assignment import student_t_assign
 from .config import ScllmConfig
-from .graph import (attach_cells, graph_from_adjacency, graph_neighbours, knn_adjacency, knn_indices,
+from .graph import (attach_cells, graph_from_adjacency, knn_adjacency, knn_indices, neighbour_count,
                     normalized_adjacency)
 from .modules import ROWWISE_MAX_HIDDEN_LAYERS
 from .n_clusters import estimate_n_clusters
@@ -79,7 +79,7 @@ class ScllmModel:
         self._reference_labels: np.ndarray | None = None
         #: Full graph or mini-batches, and why (set by :meth:`fit`).
         self.engine_: EngineChoice | None = None
-        #: Neighbours per cell of the cell graph (:func:`~scllm_jax.graph.graph_neighbours`; set by :meth:`fit`).
+        #: Neighbours per cell of the cell graph (:func:`~scllm_jax.graph.neighbour_count`; set by :meth:`fit`).
         self.graph_neighbors_: int | None = None
 
     # ------------------------------------------------------------------ fitting
@@ -138,7 +138,7 @@ class ScllmModel:
         text = self._semantic_view(adata, prepared, gene_symbols_key=gene_symbols_key, progress=progress)
         self.prepared_, self.cell_text_ = prepared, text
         # With K given, neighbourhoods no larger than a mean-sized cluster (tiny data sets).
-        self.graph_neighbors_ = graph_neighbours(adata.n_obs, config.graph.n_neighbors, n_clusters)
+        self.graph_neighbors_ = neighbour_count(adata.n_obs, config.graph.n_neighbors, n_clusters)
         data, indices, self.timings["graph"] = self._training_data(prepared, text)
         logger.info("graph and training data in %.1f s", self.timings["graph"])
 

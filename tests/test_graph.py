@@ -54,11 +54,11 @@ def test_graph_refuses_too_few_cells():
         knn_indices(np.zeros((2, 3), dtype=np.float32), 15)
 
 
-def test_graph_neighbours_stay_within_a_mean_sized_cluster():
-    from scllm_jax.graph import graph_neighbours, neighbour_count
+def test_neighbour_count_stays_within_a_mean_sized_cluster():
+    from scllm_jax.graph import neighbour_count
 
-    assert graph_neighbours(822, 15, 13) == 15  # 63 cells per cluster: the configured count
-    assert graph_neighbours(240, 15, 15) == 15  # from 16 cells per cluster on, unchanged
-    assert graph_neighbours(30, 15, 5) == 5  # six cells per cluster: the five others
-    assert graph_neighbours(20, 15, 8) == 1  # never below one
-    assert graph_neighbours(30, 15, None) == neighbour_count(30, 15) == 14  # K not known yet: no cap
+    assert neighbour_count(822, 15, 13) == 15  # 63 cells per cluster: the configured count
+    assert neighbour_count(240, 15, 15) == 15  # from 16 cells per cluster on, unchanged
+    assert neighbour_count(30, 15, 5) == 5  # six cells per cluster: the five others
+    assert neighbour_count(20, 15, 8) == 1  # never below one
+    assert neighbour_count(30, 15, None) == neighbour_count(30, 15) == 14  # K not known yet: only half the cells

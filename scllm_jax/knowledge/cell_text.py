@@ -115,6 +115,13 @@ def postprocess_gene_embeddings(gene_embeddings: np.ndarray, gene_mask: np.ndarr
     return out.astype(np.float32)
 
 
+def _unit_scale_genes(genes: np.ndarray, gene_mask: np.ndarray | None) -> np.ndarray:
+    """``genes`` outside ``gene_mask`` zeroed, the rest divided by their Frobenius norm (one scale for all cells)."""
+    mask = _gene_mask(genes, gene_mask)
+    genes = np.where(mask[:, None], genes, 0.0)
+    return genes / max(float(np.linalg.norm(genes)), _EPS)
+
+
 @jax.jit
 def _project_block(rows: jax.Array, genes: jax.Array) -> jax.Array:
     return rows @ genes
@@ -154,11 +161,9 @@ def standardised_embedding(scaled_expression, gene_embeddings: np.ndarray | jax.
     numpy.ndarray
         ``(n_cells, d)`` float32; raises ValueError where the shapes disagree.
     """
-    genes = np.asarray(gene_embeddings, dtype=np.float32)
+    genes = _unit_scale_genes(np.asarray(gene_embeddings, dtype=np.float32), gene_mask)
     n_genes = genes.shape[0]
-    mask = _gene_mask(genes, gene_mask)
-    genes = np.where(mask[:, None], genes, 0.0)
-    genes = to_device_array(genes / max(float(np.linalg.norm(genes)), _EPS))
+    genes = to_device_array(genes)
     if hasattr(scaled_expression, "blocks"):
         n_cells = scaled_expression.shape[0]
         blocks = scaled_expression.blocks(batch_size)
@@ -218,9 +223,7 @@ def denoised_embedding(pca: np.ndarray, pca_mean: np.ndarray, pca_components: np
     if components.shape[1] != genes.shape[0] or pca.shape[1] != components.shape[0]:
         raise ValueError(f"pca {pca.shape}, pca_components {components.shape} and gene_embeddings {genes.shape} "
                          "do not chain (cells x pcs, pcs x genes, genes x d).")
-    mask = _gene_mask(genes, gene_mask)
-    genes = np.where(mask[:, None], genes, 0.0)
-    genes = genes / max(float(np.linalg.norm(genes)), _EPS)
+    genes = _unit_scale_genes(genes, gene_mask)
     axes = components @ genes  # one text vector per principal axis
     return (pca @ axes + np.asarray(pca_mean, np.float64) @ genes).astype(np.float32)
 
