@@ -43,6 +43,7 @@ def main() -> None:
     from scllm_jax.minibatch import embed_plan, epoch_order, minibatch_data, plan_budgets, put_batches
     from scllm_jax.parallel import data_mesh
     from scllm_jax.preprocess import Preprocessor
+    from scllm_jax.step import step_keys
     from scllm_jax.synthetic import synthetic_atlas
     from scllm_jax.train import _MiniBatch, build_network
 
@@ -62,7 +63,8 @@ def main() -> None:
 
         def epoch(params, opt_state, number):
             engine.begin_epoch(params)
-            params, opt_state, terms = engine.run_steps(params, opt_state, None, None, 0, number, 0, steps)
+            params, opt_state, terms = engine.run_steps(params, opt_state, None, jax.random.key(number), 0, number, 0,
+                                                        steps)
             jax.block_until_ready(terms)
             return params, opt_state
 
@@ -84,7 +86,8 @@ def main() -> None:
                                                 embed_budgets))
             embed_times.append(time.perf_counter() - start)
             start = time.perf_counter()
-            params, opt_state, terms = engine._steps(params, opt_state, engine.data.tables, batches, budgets)
+            params, opt_state, terms = engine._steps(params, opt_state, engine.data.tables, batches,
+                                                     step_keys(jax.random.key(0), steps), budgets)
             jax.block_until_ready(terms)
             step_times.append(time.perf_counter() - start)
         wall, embed_s, steps_s = (float(np.median(v)) for v in (walls, embed_times, step_times))

@@ -48,7 +48,8 @@ def diagnose(path: Path, seed: int) -> dict:
     from scllm_jax.metrics import cluster_metrics
     from scllm_jax.partition import kmeans_labels
     from scllm_jax.preprocess import Preprocessor
-    from scllm_jax.train import make_embed, pretrain, training_data
+    from scllm_jax.step import make_embed, whole_graph_tables
+    from scllm_jax.train import pretrain
 
     adata = ad.read_h5ad(path)
     truth = adata.obs.pop("cell_type").astype(str).to_numpy()  # labels leave the data: used only to score
@@ -56,10 +57,10 @@ def diagnose(path: Path, seed: int) -> dict:
     config = ScllmConfig(seed=seed, use_semantic=False)
     _, prepared = Preprocessor.fit(adata, config)
     indices = knn_indices(prepared.pca, config.graph.n_neighbors, seed=seed)
-    data = training_data(prepared.pca, np.asarray(prepared.expression),
-                         graph_from_adjacency(normalized_adjacency(indices), prepared.pca), None)
+    data = whole_graph_tables(prepared.pca, np.asarray(prepared.expression),
+                              graph_from_adjacency(normalized_adjacency(indices), prepared.pca), None)
     graphdef, params, _, _ = pretrain(data, config, progress=False)
-    latent = np.asarray(make_embed(graphdef)(params, data)[0])
+    latent = np.asarray(make_embed(graphdef)(params, data, None, None)[0])
     overlap = knn_overlap(knn_indices(latent, config.graph.n_neighbors, seed=seed), indices)
     score = {name: cluster_metrics(truth, kmeans_labels(space, n_clusters, seed=seed, n_init=20))["ARI"]
              for name, space in (("pca", prepared.pca), ("latent", latent))}

@@ -65,7 +65,6 @@ def write_atlas(path: str, n_cells: int, n_genes: int, n_clusters: int, seed: in
 def run_one(args: argparse.Namespace) -> dict:
     """Generate, fit and score one size (in this process)."""
     import jax
-    import numpy as np
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     from scllm_jax.config import ScllmConfig

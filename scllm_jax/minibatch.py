@@ -1,4 +1,4 @@
-"""Mini-batch, data-parallel training with every batch built on the device: memory O(N k + N d), exact GCN.
+"""Mini-batch, data-parallel training: the batches' plan and tables. Memory O(N k + N d), exact GCN.
 
 With the first layer's aggregation precomputed (``A X``), the 2-layer
 encoder's output for a batch ``b`` is exact from the batch's 1-hop
@@ -8,17 +8,17 @@ neighbourhood only::
 
 so a batch reads the rows of ``A X`` of its cells' neighbours (one row per
 edge of the batch's CSR row slices) and never the rest of the graph.
-Per-batch losses: reconstruction and InfoNCE on the batch, the ncut
-smoothness on the batch's edges against a latent table refreshed once per
-epoch (historical embeddings; the neighbours' own latents would need the
-2-hop neighbourhood), the orthogonality on the batch, and KL against the
-target ``P`` (a cell-indexed table refreshed by a full pass).
+The losses, the run of steps and the embedding pass are those of the
+full graph (:mod:`scllm_jax.step`); a batch's ncut reads its neighbours'
+latents from a table refreshed once per epoch (historical embeddings; the
+neighbours' own latents would need the 2-hop neighbourhood), and its KL
+the target ``P`` (a cell-indexed table refreshed by a full pass).
 
 The graph (CSR) and the decoder target (CSR of the log expression, scaled
 as it is read, or dense rows) live on the device with the other cell
 tables. The host only draws each epoch's order of cells; a batch's edges
 and expression rows are gathered on the device, and a run of steps is one
-jitted ``lax.scan`` (:func:`make_minibatch_steps`), so the host launches a
+jitted ``lax.scan`` (:func:`~scllm_jax.step.make_steps`), so the host launches a
 few programs per epoch instead of building every batch.
 
 Cell tables are sharded over the mesh's ``"data"`` axis, the graph and the
@@ -30,22 +30,17 @@ program runs on one device, on several, and on several hosts (see
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import scipy.sparse as sp
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .config import ScllmConfig
-from .losses import direction_orthogonality, reconstruction_loss, unit_rows
-from .objective import alignment_positives, alignment_term, clustering_term, total_loss
-from .device_rows import (MAX_PIECE_ENTRIES, CsrRows, ExpressionRows, csr_on_device, csr_row_slots,
-                          expression_on_device, largest_piece_share, piece_of_rows, scaled_rows)
-from .parallel import DATA_AXIS, agree_max, process_rows, put_global_rows, put_rows, replicated, to_host
+from .device_rows import MAX_PIECE_ENTRIES, csr_on_device, expression_on_device, largest_piece_share, piece_of_rows
+from .parallel import DATA_AXIS, agree_max, process_rows, put_global_rows, put_rows, to_host
+from .step import Batch, Budgets, Tables, gather_batch
 
 # Cells per block of the full embedding pass (its edges are gathered like a batch's).
 EMBED_BLOCK_CELLS = 16_384
@@ -54,64 +49,6 @@ EMBED_BLOCK_CELLS = 16_384
 _BUDGET_STEP_PER_CELL = 0.5
 # Head room above the largest batch planned so far, so later epochs rarely need a larger shape (a compilation).
 _BUDGET_MARGIN = 1.01
-
-
-class Tables(NamedTuple):
-    """Everything a step reads that is indexed by cell (a pytree of device arrays).
-
-    Attributes
-    ----------
-    aggregated_input
-        ``A X`` (padded cells x inputs), rows sharded.
-    graph
-        The normalised adjacency ``D^-1/2 (A + I) D^-1/2`` (row = receiver).
-    expression
-        The decoder target (:class:`ExpressionRows`).
-    text
-        ``Z_text`` or ``None``.
-    latent
-        Latent of every cell from the last full pass (ncut neighbours).
-    target_p
-        Target distribution ``P`` (padded cells x K) or ``None`` (pre-training).
-    """
-
-    aggregated_input: jax.Array
-    graph: CsrRows
-    expression: ExpressionRows
-    text: jax.Array | None
-    latent: jax.Array | None
-    target_p: jax.Array | None
-
-
-class Batch(NamedTuple):
-    """One mini-batch (device arrays, built by :func:`gather_batch`).
-
-    Attributes
-    ----------
-    cells
-        ``(B,)`` global cell ids.
-    target
-        ``(B, genes)`` decoder target of those cells (``(B, 0)`` when not needed).
-    senders
-        ``(E,)`` global ids of the neighbours (one per edge of the batch's rows).
-    receivers
-        ``(E,)`` position in the batch of each edge's cell (sorted).
-    weights
-        ``(E,)`` normalised edge weights; 0 on padding edges.
-    """
-
-    cells: jax.Array
-    target: jax.Array
-    senders: jax.Array
-    receivers: jax.Array
-    weights: jax.Array
-
-
-class Budgets(NamedTuple):
-    """Static sizes of a batch's padded edge and expression-entry arrays (one compilation per value)."""
-
-    edges: int
-    entries: int
 
 
 @dataclasses.dataclass
@@ -271,16 +208,6 @@ def put_batches(data: MinibatchData, local_batches: np.ndarray) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- batches (device)
-def gather_batch(tables: Tables, cells: jax.Array, budgets: Budgets, *, with_target: bool = True) -> Batch:
-    """The batch of ``cells``: their edges and, with ``with_target``, their dense expression rows."""
-    graph = tables.graph
-    owner, position, valid = csr_row_slots(graph.indptr, cells, budgets.edges)
-    weights = jnp.where(valid, graph.values[position], 0.0)
-    target = (scaled_rows(tables.expression, cells, budgets.entries) if with_target
-              else jnp.zeros((cells.shape[0], 0), jnp.float32))
-    return Batch(cells, target, graph.indices[position], owner, weights)
-
-
 def make_batch(data: MinibatchData, local_cells: np.ndarray, *, with_target: bool = True) -> Batch:
     """The batch of this process's ``local_cells`` (one step's cells), gathered on the device."""
     local_cells = np.asarray(local_cells)[None, :]
@@ -288,106 +215,6 @@ def make_batch(data: MinibatchData, local_cells: np.ndarray, *, with_target: boo
     cells = put_batches(data, local_cells)[0]
     return jax.jit(gather_batch, static_argnums=2, static_argnames="with_target")(
         data.tables, cells, budgets, with_target=with_target)
-
-
-# ----------------------------------------------------------------------------- losses and programs
-def encode_batch(network, tables: Tables, batch: Batch, projections: jax.Array | None = None) -> jax.Array:
-    """Exact latent of the batch's cells from their 1-hop neighbourhood.
-
-    ``projections``: every cell's last-layer input already projected
-    (:meth:`~scllm_jax.modules.GCNEncoder.project_all`), for passes that
-    encode every cell; then a batch only sums its neighbours' rows.
-    """
-    encoder = network.encoder
-    if projections is not None:
-        return encoder.aggregate_projected(projections, batch.cells, batch.senders, batch.receivers,
-                                           batch.weights)
-    return encoder.encode_rows(tables.aggregated_input, batch.cells, batch.senders, batch.receivers,
-                               batch.weights)
-
-
-def batch_ncut_loss(latent: jax.Array, tables: Tables, batch: Batch, eta: float) -> jax.Array:
-    """The ncut term of :func:`~scllm_jax.losses.ncut_loss` estimated on one batch.
-
-    Smoothness over the batch's edges, neighbours read (without gradient)
-    from the latent table; the gradient is doubled because on the full graph
-    each edge moves both of its ends. Orthogonality on the batch's Gram matrix.
-    """
-    unit = unit_rows(latent)
-    neighbours = jax.lax.stop_gradient(unit_rows(tables.latent[batch.senders]))
-    estimate = jnp.sum(batch.weights * jnp.sum(unit[batch.receivers] * neighbours, axis=1)) / latent.shape[0]
-    smoothness = 2.0 * estimate - jax.lax.stop_gradient(estimate)
-    return -smoothness + eta * direction_orthogonality(unit)
-
-
-def minibatch_loss_terms(network, tables: Tables, batch: Batch, config: ScllmConfig) -> dict[str, jax.Array]:
-    """Every active loss term on one batch (KL only when ``tables.target_p`` is set)."""
-    latent = encode_batch(network, tables, batch)
-    terms = {"rec": reconstruction_loss(network.decoder(latent), batch.target),
-             "ncut": batch_ncut_loss(latent, tables, batch, config.train.ncut_eta)}
-    text = None if tables.text is None else tables.text[batch.cells]
-    if network.has_text and config.train.use_infonce:
-        positives = alignment_positives(config, batch.cells, tables.latent.shape[0], batch.senders,
-                                        batch.cells[batch.receivers], batch.weights > 0, tables.target_p)
-        terms["align"] = alignment_term(network, latent, text, config, positives)
-    if tables.target_p is not None:
-        terms["kl"] = clustering_term(network, latent, text, tables.target_p[batch.cells], config)
-    return terms
-
-
-def make_minibatch_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ScllmConfig,
-                         mesh: Mesh):
-    """A jitted ``run(params, opt_state, tables, batches, budgets) -> (params, opt_state, terms)``.
-
-    ``batches`` is ``(steps, batch)`` cell ids (:func:`put_batches`); the
-    steps run in one ``lax.scan``, each gathering its batch on the device.
-    ``terms`` holds each loss term per step. Inputs arrive sharded (cells
-    split, parameters replicated); outputs are pinned replicated, so the
-    compiler all-reduces the gradients.
-    """
-
-    def one_step(carry, cells, tables, budgets):
-        params, opt_state = carry
-        batch = gather_batch(tables, cells, budgets)
-
-        def objective(params):
-            terms = minibatch_loss_terms(nnx.merge(graphdef, params), tables, batch, config)
-            return total_loss(terms, config), terms
-
-        grads, terms = jax.grad(objective, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), terms
-
-    def run(params, opt_state, tables, batches, budgets):
-        (params, opt_state), terms = jax.lax.scan(lambda carry, cells: one_step(carry, cells, tables, budgets),
-                                                  (params, opt_state), batches)
-        return params, opt_state, terms
-
-    return jax.jit(run, static_argnums=4, donate_argnums=(0, 1), out_shardings=replicated(mesh))
-
-
-def make_full_embed(graphdef: nnx.GraphDef):
-    """A jitted ``embed(params, tables, blocks, budgets) -> (latent, cluster_space)`` of the cells in ``blocks``.
-
-    Every cell's last-layer input is projected once (cells x latent), then
-    each block of cells sums its neighbours' rows: the per-edge hidden layer
-    of a training batch is not recomputed for every edge.
-    """
-
-    def embed(params, tables, blocks, budgets):
-        network = nnx.merge(graphdef, params)
-        projections = network.encoder.project_all(tables.aggregated_input)
-
-        def block(cells):
-            batch = gather_batch(tables, cells, budgets, with_target=False)
-            latent = encode_batch(network, tables, batch, projections)
-            text = None if tables.text is None else tables.text[cells]
-            return latent, network.cluster_space(latent, text)
-
-        latent, space = jax.lax.map(block, blocks)
-        return latent.reshape(-1, latent.shape[-1]), space.reshape(-1, space.shape[-1])
-
-    return jax.jit(embed, static_argnums=3)
 
 
 def embed_plan(data: MinibatchData) -> tuple[jax.Array, Budgets]:
@@ -422,7 +249,5 @@ def with_table(data: MinibatchData, **tables: np.ndarray | None) -> MinibatchDat
     return dataclasses.replace(data, tables=data.tables._replace(**placed))
 
 
-__all__ = ["Batch", "Budgets", "MinibatchData", "Tables", "batch_ncut_loss",
-           "embed_all", "embed_plan", "encode_batch", "epoch_order", "gather_batch", "make_batch",
-           "make_full_embed", "make_minibatch_steps", "minibatch_data", "minibatch_loss_terms", "plan_budgets",
-           "put_batches", "put_rows", "with_table"]
+__all__ = ["MinibatchData", "embed_all", "embed_plan", "epoch_order", "make_batch", "minibatch_data",
+           "plan_budgets", "put_batches", "put_rows", "with_table"]

@@ -27,7 +27,8 @@ from .modules import ROWWISE_MAX_HIDDEN_LAYERS
 from .n_clusters import estimate_n_clusters
 from .partition import InitialPartition, assign_by_neighbours, final_partition, initial_partition
 from .preprocess import PreparedData, Preprocessor
-from .train import EngineChoice, FitResult, build_network, choose_engine, fit_network, make_embed, training_data
+from .step import make_embed, whole_graph_tables
+from .train import EngineChoice, FitResult, build_network, choose_engine, fit_network
 from .validation import InputError, check_cluster_support, check_n_clusters, count_clusters
 
 logger = logging.getLogger(__name__)
@@ -211,8 +212,8 @@ class ScllmModel:
 
             data = minibatch_data(prepared.pca, prepared.expression, adjacency, text, self.config, data_mesh())
         else:
-            data = training_data(prepared.pca, np.asarray(prepared.expression),
-                                 graph_from_adjacency(adjacency, prepared.pca), text)
+            data = whole_graph_tables(prepared.pca, np.asarray(prepared.expression),
+                                      graph_from_adjacency(adjacency, prepared.pca), text)
         return data, indices, time.perf_counter() - start
 
     # --------------------------------------------------------------- outputs
@@ -322,11 +323,11 @@ class ScllmModel:
             out[n_reference:n_reference + n_new] = new
             return out
 
-        data = training_data(rows(prepared.pca, self._reference_pca), np.zeros((n_nodes, 0), np.float32), graph,
-                             None if text is None else rows(text))
+        data = whole_graph_tables(rows(prepared.pca, self._reference_pca), np.zeros((n_nodes, 0), np.float32), graph,
+                                  None if text is None else rows(text))
         if getattr(self, "_embed_for", None) is not self._graphdef:
             self._embed, self._embed_for = make_embed(self._graphdef), self._graphdef
-        _, embedding = self._embed(self._params, data)
+        _, embedding = self._embed(self._params, data, None, None)
         embedding = embedding[n_reference:n_reference + n_new]
         assignment = student_t_assign(embedding, self._params["centres"][...], self.config.train.alpha)
         labels = np.asarray(jnp.argmax(assignment, axis=1)) if reference_vote is None else reference_vote

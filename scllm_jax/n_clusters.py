@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .graph import knn_adjacency, knn_indices
+
+if TYPE_CHECKING:
+    import igraph
 
 logger = logging.getLogger(__name__)
 

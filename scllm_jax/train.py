@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jraph
 import numpy as np
 import optax
 from flax import nnx
@@ -18,54 +17,16 @@ from tqdm.auto import tqdm
 
 from .assignment import dec_target, sharpened_target, sinkhorn_target, size_preserving_target, student_t_assign
 from .config import ScllmConfig
-from .graph import propagate
-from .losses import ncut_loss, reconstruction_loss
 from .modules import ScllmNetwork
-from .objective import alignment_positives, alignment_term, clustering_term, total_loss
+from .objective import total_loss
 from .partition import InitialPartition, cluster_means, kmeans_labels
+from .step import Tables, make_embed, make_steps, step_keys
 
 logger = logging.getLogger(__name__)
 
-#: Full-batch training estimates the reconstruction error on this many random cells per step
-#: (all cells when there are fewer): the decoder (cells x genes) is the costliest layer.
-RECONSTRUCTION_BATCH_CELLS = 1024
-#: Full-batch InfoNCE is exact over all cells up to this many, over a random batch of this size above.
-INFONCE_BATCH_CELLS = 4096
 #: Iterations and entropic temperature of the Sinkhorn targets.
 SINKHORN_ITERATIONS = 50
 SINKHORN_EPSILON = 0.05
-
-
-class TrainingData(NamedTuple):
-    """Device arrays one training step reads (a pytree).
-
-    Attributes
-    ----------
-    aggregated_input
-        ``A X``: the encoder input after its first, fixed neighbourhood aggregation.
-    target
-        Expression the decoder reconstructs.
-    edges, senders, receivers
-        The normalised cell graph.
-    text
-        Cell text embedding ``Z_text``, or ``None`` (graph only).
-    """
-
-    aggregated_input: jax.Array
-    target: jax.Array
-    edges: jax.Array
-    senders: jax.Array
-    receivers: jax.Array
-    text: jax.Array | None
-
-
-def training_data(features: np.ndarray, target: np.ndarray, graph: jraph.GraphsTuple,
-                  text: np.ndarray | None) -> TrainingData:
-    """Put the arrays on the device and precompute ``A X``."""
-    edges, senders, receivers = graph.edges, graph.senders, graph.receivers
-    aggregated = jax.jit(propagate)(edges, senders, receivers, jnp.asarray(features, dtype=jnp.float32))
-    return TrainingData(aggregated, jnp.asarray(target, dtype=jnp.float32), edges, senders, receivers,
-                        None if text is None else jnp.asarray(text, dtype=jnp.float32))
 
 
 def build_network(n_inputs: int, n_genes: int, text_dim: int | None, n_clusters: int,
@@ -83,63 +44,6 @@ def build_network(n_inputs: int, n_genes: int, text_dim: int | None, n_clusters:
                             latent_dim=config.network.latent_dim, decoder_dims=tuple(config.network.decoder_dims),
                             projection_dim=config.network.projection_dim, rngs=nnx.Rngs(config.seed),
                             cluster_space=config.network.cluster_space)
-
-
-def loss_terms(network: ScllmNetwork, data: TrainingData, target_p: jax.Array | None, key: jax.Array,
-               config: ScllmConfig) -> dict[str, jax.Array]:
-    """Every active loss term of one full-graph forward pass.
-
-    ``target_p`` is ``None`` during pre-training (no clustering term).
-    """
-    latent = network.encode(data.aggregated_input, data.edges, data.senders, data.receivers)
-    n_cells = latent.shape[0]
-    rec_key, align_key = jax.random.split(key)
-    if n_cells > RECONSTRUCTION_BATCH_CELLS:
-        # The decoder is the costliest layer (cells x genes): an unbiased estimate
-        # of the mean squared error from a random subset of cells is enough.
-        rows = jax.random.choice(rec_key, n_cells, (RECONSTRUCTION_BATCH_CELLS,), replace=False)
-        reconstruction = reconstruction_loss(network.decoder(latent[rows]), data.target[rows])
-    else:
-        reconstruction = reconstruction_loss(network.decoder(latent), data.target)
-    terms = {"rec": reconstruction,
-             "ncut": ncut_loss(latent, data.edges, data.senders, data.receivers, config.train.ncut_eta)}
-    if network.has_text and config.train.use_infonce:
-        batch, latent_rows, text_rows = jnp.arange(n_cells), latent, data.text
-        if n_cells > INFONCE_BATCH_CELLS:
-            # InfoNCE is O(B^2): above the batch size it is estimated on random cells.
-            batch = jax.random.permutation(align_key, n_cells)[:INFONCE_BATCH_CELLS]
-            latent_rows, text_rows = latent[batch], data.text[batch]
-        positives = alignment_positives(config, batch, n_cells, data.senders, data.receivers, None, target_p)
-        terms["align"] = alignment_term(network, latent_rows, text_rows, config, positives)
-    if target_p is not None:
-        terms["kl"] = clustering_term(network, latent, data.text, target_p, config)
-    return terms
-
-
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ScllmConfig):
-    """A jitted ``step(params, opt_state, data, target_p, key) -> (params, opt_state, terms)``."""
-
-    def step(params, opt_state, data, target_p, key):
-        def objective(params):
-            terms = loss_terms(nnx.merge(graphdef, params), data, target_p, key, config)
-            return total_loss(terms, config), terms
-
-        grads, terms = jax.grad(objective, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, terms
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def make_embed(graphdef: nnx.GraphDef):
-    """A jitted ``embed(params, data) -> (latent, cluster_space)``."""
-
-    def embed(params, data):
-        network = nnx.merge(graphdef, params)
-        latent = network.encode(data.aggregated_input, data.edges, data.senders, data.receivers)
-        return latent, network.cluster_space(latent, data.text)
-
-    return jax.jit(embed)
 
 
 @dataclasses.dataclass
@@ -311,31 +215,33 @@ def use_minibatch(n_cells: int, config: ScllmConfig, n_devices: int | None = Non
 # full batch (one step per epoch, the whole graph) or mini-batch (data parallel).
 
 class _FullBatch:
+    """The whole graph is the one batch of every step (one step per epoch)."""
+
     steps_per_epoch = 1
 
-    def __init__(self, data: TrainingData, config: ScllmConfig):
+    def __init__(self, data: Tables, config: ScllmConfig):
         self.data, self.config = data, config
 
     def dims(self) -> tuple[int, int, int | None]:
         text = None if self.data.text is None else self.data.text.shape[1]
-        return self.data.aggregated_input.shape[1], self.data.target.shape[1], text
+        return self.data.aggregated_input.shape[1], self.data.expression.shape[1], text
 
     def compile(self, graphdef, optimizer) -> None:
-        config, data = self.config, self.data
-        self._step = make_train_step(graphdef, optimizer, config)
-        self._embed = make_embed(graphdef)
-        embed = self._embed
-        self._assign = jax.jit(lambda params: student_t_assign(embed(params, data)[1], params["centres"][...],
-                                                               config.train.alpha))
+        config, tables = self.config, self.data
+        self._steps = make_steps(graphdef, optimizer, config)
+        embed = self._embed = make_embed(graphdef)
+        self._assign = jax.jit(lambda params: student_t_assign(embed(params, tables, None, None)[1],
+                                                               params["centres"][...], config.train.alpha))
 
     def place(self, params):
         return params
 
     def run_steps(self, params, opt_state, target_p, key, phase, epoch, index, n_steps):
-        return self._step(params, opt_state, self.data, target_p, key)
+        return self._steps(params, opt_state, self.data._replace(target_p=target_p), None,
+                           step_keys(key, n_steps), None)
 
     def embed_all(self, params):
-        latent, embedding = self._embed(params, self.data)
+        latent, embedding = self._embed(params, self.data, None, None)
         return np.asarray(latent), np.asarray(embedding)
 
     def begin_epoch(self, params) -> None:
@@ -366,10 +272,8 @@ class _MiniBatch:
         return self.data.n_inputs, self.data.n_genes, self.data.text_dim
 
     def compile(self, graphdef, optimizer) -> None:
-        from .minibatch import make_full_embed, make_minibatch_steps
-
-        self._steps = make_minibatch_steps(graphdef, optimizer, self.config, self.data.mesh)
-        self._embed = make_full_embed(graphdef)
+        self._steps = make_steps(graphdef, optimizer, self.config, self.data.mesh)
+        self._embed = make_embed(graphdef)
 
     def place(self, params):
         from .parallel import replicated
@@ -386,7 +290,7 @@ class _MiniBatch:
             self._order, self._order_key = put_batches(self.data, order), (phase, epoch)
             self.data.budgets = plan_budgets(self.data, order, self.data.budgets)
         batches = self._order[index:index + n_steps]
-        return self._steps(params, opt_state, self.data.tables, batches, self.data.budgets)
+        return self._steps(params, opt_state, self.data.tables, batches, step_keys(key, n_steps), self.data.budgets)
 
     def embed_all(self, params):
         from .minibatch import embed_all
@@ -423,7 +327,7 @@ class _MiniBatch:
 
 
 def _engine(data, config: ScllmConfig):
-    return _FullBatch(data, config) if isinstance(data, TrainingData) else _MiniBatch(data, config)
+    return _FullBatch(data, config) if isinstance(data, Tables) else _MiniBatch(data, config)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -675,7 +579,7 @@ def fit_network(data, config: ScllmConfig, n_clusters: int, *, initialise=None, 
     Parameters
     ----------
     data
-        :class:`TrainingData` (full batch) or
+        Whole-graph :class:`~scllm_jax.step.Tables` (:func:`~scllm_jax.step.whole_graph_tables`) or
         :class:`~scllm_jax.minibatch.MinibatchData` (mini-batch, data parallel).
     config
         Settings; ``checkpoint_dir`` and ``checkpoint_every`` control checkpoints.

@@ -43,10 +43,10 @@ def main() -> None:
 
     from scllm_jax.config import ScllmConfig
     from scllm_jax.graph import knn_indices, normalized_adjacency
-    from scllm_jax.minibatch import (epoch_order, make_minibatch_steps, minibatch_data, plan_budgets, put_batches,
-                                     with_table)
+    from scllm_jax.minibatch import epoch_order, minibatch_data, plan_budgets, put_batches, with_table
     from scllm_jax.modules import ScllmNetwork
     from scllm_jax.parallel import data_mesh, replicated
+    from scllm_jax.step import make_steps, step_keys
 
     config = ScllmConfig.tiny(minibatch_size=64, hidden_dims=(32,), decoder_dims=(32,), latent_dim=8,
                               projection_dim=8)
@@ -70,7 +70,7 @@ def main() -> None:
     optimizer = optax.adam(1e-2)
     params = jax.device_put(params, replicated(mesh))
     opt_state = optimizer.init(params)
-    run_steps = make_minibatch_steps(graphdef, optimizer, config, mesh)
+    run_steps = make_steps(graphdef, optimizer, config, mesh)
     order = epoch_order(data, 0, 0, 0)
     losses = []
     size = data.local_batch_size
@@ -80,7 +80,8 @@ def main() -> None:
             rows = batch_of_processes(data, i, args.batches_of_processes)
         rows = np.asarray(rows)[None, :]
         budgets = plan_budgets(data, rows)
-        params, opt_state, terms = run_steps(params, opt_state, data.tables, put_batches(data, rows), budgets)
+        params, opt_state, terms = run_steps(params, opt_state, data.tables, put_batches(data, rows),
+                                             step_keys(jax.random.key(i), 1), budgets)
         losses.append([float(terms[name][0]) for name in sorted(terms)])
     leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
     np.savez(args.out, losses=np.asarray(losses), n_devices=jax.device_count(),
@@ -116,13 +117,13 @@ def encoder_error(graphdef, params, data, pca, expression, adjacency, text) -> f
     from flax import nnx
 
     from scllm_jax.graph import graph_from_adjacency
-    from scllm_jax.minibatch import encode_batch, make_batch
+    from scllm_jax.minibatch import make_batch
     from scllm_jax.parallel import to_host
-    from scllm_jax.train import training_data
+    from scllm_jax.step import encode_batch, whole_graph_tables
 
     host = nnx.merge(graphdef, jax.device_get(params))
-    full = training_data(pca, expression, graph_from_adjacency(adjacency), text)
-    reference = np.asarray(host.encode(full.aggregated_input, full.edges, full.senders, full.receivers))
+    full = whole_graph_tables(pca, expression, graph_from_adjacency(adjacency), text)
+    reference = np.asarray(host.encode(full.aggregated_input, *full.graph))
     rows = data.local_cells[:data.local_batch_size]
     batch = make_batch(data, rows)
     latent = jax.jit(lambda p, tables, b: encode_batch(nnx.merge(graphdef, p), tables, b))(params, data.tables, batch)

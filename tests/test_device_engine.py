@@ -15,12 +15,11 @@ from scllm_jax.config import ScllmConfig
 from scllm_jax.device_rows import (csr_on_device, csr_row_slots, expression_on_device, largest_piece_share,
                                    piece_of_rows, scaled_rows)
 from scllm_jax.graph import device_knn, graph_from_adjacency, knn_indices, normalized_adjacency
-from scllm_jax.minibatch import (embed_all, gather_batch, make_full_embed, minibatch_data, minibatch_loss_terms,
-                                 plan_budgets, put_batches, with_table)
+from scllm_jax.minibatch import embed_all, minibatch_data, plan_budgets, put_batches, with_table
 from scllm_jax.modules import ScllmNetwork
 from scllm_jax.parallel import data_mesh
 from scllm_jax.preprocess import ScaledExpression, _DeviceBlocks
-from scllm_jax.train import loss_terms, training_data
+from scllm_jax.step import gather_batch, loss_terms, make_embed, whole_graph_tables
 
 
 def _cells(n_cells=160, n_pcs=8, n_genes=30, seed=0):
@@ -102,8 +101,8 @@ def test_one_batch_of_every_cell_gives_the_full_graph_losses_and_gradients(with_
     graphdef, params = nnx.split(network, nnx.Param)
     target_p = rng.dirichlet(np.ones(3), n_cells).astype(np.float32)
 
-    full = training_data(pca, expression, graph_from_adjacency(adjacency), text)
-    latent = network.encode(full.aggregated_input, full.edges, full.senders, full.receivers)
+    full = whole_graph_tables(pca, expression, graph_from_adjacency(adjacency), text)
+    latent = network.encode(full.aggregated_input, *full.graph)
     data = minibatch_data(pca, expression, adjacency, text, config, data_mesh())
     # The ncut neighbours' table holds the current latent: the batch estimate is then the full-graph term.
     data = with_table(data, latent=np.asarray(latent), target_p=target_p)
@@ -112,11 +111,13 @@ def test_one_batch_of_every_cell_gives_the_full_graph_losses_and_gradients(with_
     batch = gather_batch(data.tables, put_batches(data, cells)[0], budgets)
 
     def full_loss(params):
-        terms = loss_terms(nnx.merge(graphdef, params), full, jnp.asarray(target_p), jax.random.key(0), config)
+        tables = full._replace(target_p=jnp.asarray(target_p))
+        terms = loss_terms(nnx.merge(graphdef, params), tables, gather_batch(tables, None, None), config,
+                           jax.random.key(0))
         return sum(terms.values()), terms
 
     def batch_loss(params):
-        terms = minibatch_loss_terms(nnx.merge(graphdef, params), data.tables, batch, config)
+        terms = loss_terms(nnx.merge(graphdef, params), data.tables, batch, config, jax.random.key(1))
         return sum(terms.values()), terms
 
     (full_total, full_terms), full_grads = jax.value_and_grad(full_loss, has_aux=True)(params)
@@ -135,11 +136,13 @@ def test_full_embedding_pass_equals_the_full_graph_encoder():
     text = rng.normal(size=(300, 6)).astype(np.float32)
     network = _network(6)
     graphdef, params = nnx.split(network, nnx.Param)
-    full = training_data(pca, matrix.toarray(), graph_from_adjacency(adjacency), text)
-    latent = network.encode(full.aggregated_input, full.edges, full.senders, full.receivers)
+    full = whole_graph_tables(pca, matrix.toarray(), graph_from_adjacency(adjacency), text)
+    latent = network.encode(full.aggregated_input, *full.graph)
     # Batches of 64: the pass runs in several blocks, the last padded by repetition.
     data = minibatch_data(pca, matrix.toarray(), adjacency, text, ScllmConfig.tiny(minibatch_size=64), data_mesh())
-    got_latent, got_space = embed_all(make_full_embed(graphdef), params, data)
+    got_latent, got_space = embed_all(make_embed(graphdef), params, data)
+    whole_latent, whole_space = make_embed(graphdef)(params, full, None, None)
+    np.testing.assert_allclose(np.asarray(whole_latent), np.asarray(latent), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_latent, np.asarray(latent), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_space, np.asarray(network.cluster_space(latent, full.text)), rtol=1e-4,
                                atol=1e-5)

@@ -96,10 +96,10 @@ def test_minibatch_encoder_matches_full_graph():
 
     from scllm_jax.config import ScllmConfig
     from scllm_jax.graph import graph_from_adjacency, knn_indices, normalized_adjacency
-    from scllm_jax.minibatch import make_batch, minibatch_data, encode_batch
+    from scllm_jax.minibatch import make_batch, minibatch_data
     from scllm_jax.modules import ScllmNetwork
     from scllm_jax.parallel import data_mesh
-    from scllm_jax.train import training_data
+    from scllm_jax.step import encode_batch, whole_graph_tables
 
     rng = np.random.default_rng(1)
     pca = rng.normal(size=(150, 8)).astype(np.float32)
@@ -108,8 +108,8 @@ def test_minibatch_encoder_matches_full_graph():
     config = ScllmConfig.tiny(minibatch_size=32)
     network = ScllmNetwork(8, 20, None, 2, hidden_dims=(16,), latent_dim=4, decoder_dims=(8,),
                            projection_dim=4, rngs=nnx.Rngs(0))
-    full = training_data(pca, expression, graph_from_adjacency(adjacency), None)
-    reference = network.encode(full.aggregated_input, full.edges, full.senders, full.receivers)
+    full = whole_graph_tables(pca, expression, graph_from_adjacency(adjacency), None)
+    reference = network.encode(full.aggregated_input, *full.graph)
     data = minibatch_data(pca, expression, adjacency, None, config, data_mesh())
     rows = rng.choice(150, 32, replace=False)
     latent = encode_batch(network, data.tables, make_batch(data, rows))
