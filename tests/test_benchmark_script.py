@@ -187,3 +187,29 @@ def test_permuted_symbols_control_fits_on_permuted_names(rb, data_dir, monkeypat
     assert extra["semantic_used"] is True and len(labels) == adata.n_obs
     assert "scllm" not in adata.obs  # the fit ran on a permuted copy, not on the caller's data
     assert "scllm_permuted_symbols" in rb.ABLATIONS  # only where there are symbols to permute
+
+
+def test_selection_criteria_measures_both_partitions_and_summarises(data_dir, tmp_path, capsys):
+    """``benchmarks/selection_criteria.py``: one real fit, both partitions measured, each criterion's pick."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        criteria = importlib.import_module("selection_criteria")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    out = tmp_path / "criteria.tsv"
+    path = data_dir / "pancreas_small.h5ad"
+    assert criteria.main([str(path), "--out", str(out)]) == 0
+    assert criteria.main([str(path), "--out", str(out)]) == 0  # the row is there: not fitted again
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert len(rows) == 1 and rows[0]["K"] == "4" and rows[0]["chosen"] in ("head", "pca_ward")
+    for name in ("head", "ward"):
+        shares = float(rows[0][f"{name}_largest_share"])
+        assert 0.25 <= shares <= 1.0 and float(rows[0][f"{name}_expected_agreement"]) <= shares + 1e-4
+        assert -1.0 <= float(rows[0][f"{name}_ari"]) <= 1.0
+    # The default criterion reproduces the fit's own choice.
+    head, ward = criteria.scores(rows[0], "head"), criteria.scores(rows[0], "ward")
+    full = int(rows[0]["head_filled"]) == 4
+    assert (rows[0]["chosen"] == "head") == (full and head["raw"] >= ward["raw"])
+    printed = capsys.readouterr().out
+    assert "pancreas_small" in printed and "oracle" in printed
