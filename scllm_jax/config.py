@@ -303,7 +303,8 @@ class TrainConfig:
         several devices (:func:`~scllm_jax.train.choose_engine`).
     minibatch_size
         Cells per mini-batch (over all devices; rounded up to a multiple of
-        the device count). Also the InfoNCE batch in mini-batch mode.
+        the device count). InfoNCE runs over the batch (over 4,096 random
+        cells of a larger one, :data:`~scllm_jax.step.INFONCE_BATCH_CELLS`).
     checkpoint_dir
         Folder for training checkpoints (orbax); ``None``: no checkpoints. A
         run finding a checkpoint of the same run there (same data, layer,
