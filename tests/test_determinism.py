@@ -82,3 +82,28 @@ def test_params_survive_h5ad_round_trip(runs, tmp_path):
     assert config.to_dict() == CONFIG.to_dict()
     np.testing.assert_array_equal(loaded.obs["scllm"].to_numpy(), written.obs["scllm"].to_numpy())
     np.testing.assert_array_equal(loaded.obsm["X_scllm"], written.obsm["X_scllm"])
+
+
+def test_full_graph_epochs_in_one_program_equal_one_program_per_epoch(cells, monkeypatch):
+    """Full-graph training runs several epochs per program (``WHOLE_GRAPH_EPOCHS_PER_PROGRAM``), each with
+    the key it would take alone: the training is the one of a program per epoch (up to float rounding
+    of the reported ncut value), with the target refreshes and the early stop at the same epochs."""
+    from scllm_jax import step, train
+    from scllm_jax.model import ScllmModel
+
+    # The reconstruction on 64 random cells of the 120: each step's key matters.
+    monkeypatch.setattr(step, "RECONSTRUCTION_BATCH_CELLS", 64)
+    config = CONFIG.replace(pretrain_epochs=13, cluster_epochs=12, update_interval=5)
+    fits = {}
+    for per_program in (1, train.WHOLE_GRAPH_EPOCHS_PER_PROGRAM):
+        monkeypatch.setattr(train, "WHOLE_GRAPH_EPOCHS_PER_PROGRAM", per_program)
+        fits[per_program] = ScllmModel(config).fit(cells.copy(), 4, progress=False)
+    one, chunked = fits[1].result, fits[train.WHOLE_GRAPH_EPOCHS_PER_PROGRAM].result
+    assert one.pretrain_epochs == chunked.pretrain_epochs == 13
+    assert one.cluster_epochs == chunked.cluster_epochs > 0
+    for phase in ("pretrain", "cluster"):
+        assert set(one.history[phase]) == set(chunked.history[phase])
+        for name, values in one.history[phase].items():
+            np.testing.assert_allclose(chunked.history[phase][name], values, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(chunked.assignment.argmax(axis=1), one.assignment.argmax(axis=1))
+    np.testing.assert_allclose(chunked.embedding, one.embedding, rtol=1e-5, atol=1e-6)
