@@ -1,4 +1,7 @@
-"""Training: the schedule (pre-training, k-means initialisation, clustering) and the jitted steps."""
+"""Training: the schedule (pre-training, start partition, clustering), its two engines and checkpoints.
+
+The steps themselves are :mod:`scllm_jax.step`'s, the same for both engines.
+"""
 
 from __future__ import annotations
 
