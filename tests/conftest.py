@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import anndata as ad
@@ -19,6 +20,12 @@ def shared_dataset(name: str) -> ad.AnnData:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return ad.read_h5ad(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_programs_in_a_scratch_folder(tmp_path_factory):
+    """The CLI keeps its compiled programs on disk: the suite's runs keep theirs in a scratch folder, not ~/.cache."""
+    os.environ.setdefault("SCLLM_JAX_COMPILATION_CACHE", str(tmp_path_factory.mktemp("xla")))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ whole or not at all, Ctrl-C answered with one line."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -159,3 +160,30 @@ def test_ctrl_c_prints_one_line_writes_nothing_and_keeps_the_checkpoint(cells_fi
     assert reader.newest_intact_step() == saved[-1] > 0  # read back whole, nothing set aside
     assert reader.restore_meta(saved[-1])["phase"] == "pretrain"
     assert np.isfinite(reader.restore_meta(saved[-1])["history"]["total"]).all()
+
+
+# ------------------------------------------------------------------- compiled programs
+
+
+def test_a_second_run_loads_the_compiled_programs_and_writes_the_same_clusters(cells_file, tmp_path):
+    """``scllm-jax cluster`` keeps its compiled programs on disk (also on a CPU): a second run of the same data
+    reads them back, and its clusters and embedding are bitwise the first run's."""
+    import anndata as ad
+
+    cache = tmp_path / "xla"
+    env = {**os.environ, "SCLLM_JAX_COMPILATION_CACHE": str(cache)}
+    config = config_file(ScllmConfig.tiny(), tmp_path)
+    outputs = []
+    for run in range(2):
+        out = tmp_path / f"run{run}.h5ad"
+        done = subprocess.run([sys.executable, "-m", "scllm_jax.cli", "cluster", str(cells_file), "--out", str(out),
+                               "--n-clusters", "3", "--graph-only", "--quiet", "--config", str(config)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        if run == 0:
+            kept = sorted(p.name for p in cache.iterdir())
+            assert len(kept) >= 5, kept  # the training steps, the embedding pass, ...
+        outputs.append(ad.read_h5ad(out))
+    assert sorted(p.name for p in cache.iterdir()) == kept  # nothing new compiled: every program was loaded
+    np.testing.assert_array_equal(outputs[1].obs["scllm"].to_numpy(), outputs[0].obs["scllm"].to_numpy())
+    np.testing.assert_array_equal(outputs[1].obsm["X_scllm"], outputs[0].obsm["X_scllm"])

@@ -261,12 +261,10 @@ def test_training_takes_over_the_preprocessing_device_csr(same_pieces):
     assert len(again.tables.expression.pieces) == len(blocks.rows.pieces)
 
 
-def test_compilation_cache_is_kept_on_an_accelerator_only(monkeypatch, tmp_path):
+def test_compilation_cache_folder_and_switch(monkeypatch, tmp_path):
     import scllm_jax.parallel as parallel
 
-    assert parallel.use_compilation_cache() is None  # this machine's CPU: nothing kept
     before = jax.config.jax_compilation_cache_dir
-    monkeypatch.setattr(parallel, "on_accelerator", lambda: True)
     monkeypatch.setenv(parallel.COMPILATION_CACHE_ENV, "0")
     assert parallel.use_compilation_cache() is None  # turned off
     monkeypatch.setenv(parallel.COMPILATION_CACHE_ENV, "")
