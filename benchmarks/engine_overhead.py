@@ -63,8 +63,8 @@ def main() -> None:
 
         def epoch(params, opt_state, number):
             engine.begin_epoch(params)
-            params, opt_state, terms = engine.run_steps(params, opt_state, None, step_keys(jax.random.key(number), steps), 0,
-                                                        number, 0, steps)
+            keys = step_keys(jax.random.key(number), steps)
+            params, opt_state, terms = engine.run_steps(params, opt_state, None, keys, 0, number, 0, steps)
             jax.block_until_ready(terms)
             return params, opt_state
 

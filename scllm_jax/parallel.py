@@ -107,8 +107,9 @@ def use_compilation_cache() -> str | None:
     programs give bitwise the same output. (Another seed moves the randomised
     PCA and so the graph's edge count, and compiles the training programs
     again.) Every program is kept, the quick ones too: on a CPU most compile
-    in under half a second, but they add up. The folder is ``$SCLLM_JAX_COMPILATION_CACHE``, else
-    ``$XDG_CACHE_HOME/scllm-jax/xla`` (``~/.cache`` when unset);
+    in under half a second, but they add up. The folder is
+    ``$SCLLM_JAX_COMPILATION_CACHE``, else ``$XDG_CACHE_HOME/scllm-jax/xla``
+    (``~/.cache`` when unset);
     ``SCLLM_JAX_COMPILATION_CACHE=0`` turns it off. A folder that cannot be
     written only costs the saving (JAX warns and compiles).
     """

@@ -267,11 +267,10 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
                                                   (params, opt_state), (batches, keys))
         return params, opt_state, terms
 
-    if mesh is None:
-        return jax.jit(run, static_argnums=5, donate_argnums=(0, 1))
     from .parallel import replicated
 
-    return jax.jit(run, static_argnums=5, donate_argnums=(0, 1), out_shardings=replicated(mesh))
+    shardings = {} if mesh is None else {"out_shardings": replicated(mesh)}
+    return jax.jit(run, static_argnums=5, donate_argnums=(0, 1), **shardings)
 
 
 def make_embed(graphdef: nnx.GraphDef):

@@ -419,10 +419,7 @@ class _Run:
             epoch = self.epoch
             while self.epoch == epoch:
                 # One program runs the steps up to the epoch's end or the next checkpoint.
-                n_steps = engine.steps_per_epoch - self.index
-                if self.checkpointer is not None:
-                    every = config.train.checkpoint_every
-                    n_steps = min(n_steps, every - self.global_step % every)
+                n_steps = self._before_checkpoint(engine.steps_per_epoch - self.index)
                 self.key, subkey = jax.random.split(self.key)
                 self.params, self.opt_state, terms = engine.run_steps(
                     self.params, self.opt_state, self.target_p, step_keys(subkey, n_steps), _PHASES[self.phase],
@@ -434,13 +431,24 @@ class _Run:
                 self.global_step += n_steps
                 if self.index == engine.steps_per_epoch:
                     self._end_epoch()
-                if self.checkpointer is not None and self.global_step % config.train.checkpoint_every == 0:
-                    self.save()
-                if on_step is not None:
-                    for step in range(self.global_step - n_steps + 1, self.global_step + 1):
-                        on_step(step)
+                self._steps_done(n_steps, on_step)
             bar.update(1)
         bar.close()
+
+    def _before_checkpoint(self, n_steps: int) -> int:
+        """``n_steps``, or fewer where a checkpoint falls due before them."""
+        if self.checkpointer is None:
+            return n_steps
+        every = self.config.train.checkpoint_every
+        return min(n_steps, every - self.global_step % every)
+
+    def _steps_done(self, n_steps: int, on_step) -> None:
+        """After a run of ``n_steps`` (counters advanced): the checkpoint if one is due, then ``on_step``."""
+        if self.checkpointer is not None and self.global_step % self.config.train.checkpoint_every == 0:
+            self.save()
+        if on_step is not None:
+            for step in range(self.global_step - n_steps + 1, self.global_step + 1):
+                on_step(step)
 
     def _run_epochs(self, n_epochs: int, refresh_every: int | None, bar, on_step) -> None:
         """Full graph: the epochs up to the next target refresh, checkpoint or the end, as one program.
@@ -448,29 +456,22 @@ class _Run:
         Each epoch takes the key it would take alone (the run's key split once
         per epoch), so the steps are those of one program per epoch.
         """
-        config = self.config
         n_steps = min(n_epochs - self.epoch, WHOLE_GRAPH_EPOCHS_PER_PROGRAM)
         if refresh_every is not None:
             n_steps = min(n_steps, refresh_every - self.epoch % refresh_every)
-        if self.checkpointer is not None:
-            every = config.train.checkpoint_every
-            n_steps = min(n_steps, every - self.global_step % every)
+        n_steps = self._before_checkpoint(n_steps)
         keys = []
         for _ in range(n_steps):
             self.key, subkey = jax.random.split(self.key)
             keys.append(subkey)
         self.params, self.opt_state, terms = self.engine.run_steps(
             self.params, self.opt_state, self.target_p, jnp.stack(keys), _PHASES[self.phase], self.epoch, 0, n_steps)
-        for name, value in _with_total(terms, config).items():  # one step per epoch
+        for name, value in _with_total(terms, self.config).items():  # one step per epoch
             self.history.setdefault(name, []).extend(float(v) for v in np.asarray(value))
         self.epoch += n_steps
         self.epochs_run += n_steps
         self.global_step += n_steps
-        if self.checkpointer is not None and self.global_step % config.train.checkpoint_every == 0:
-            self.save()
-        if on_step is not None:
-            for step in range(self.global_step - n_steps + 1, self.global_step + 1):
-                on_step(step)
+        self._steps_done(n_steps, on_step)
         bar.update(n_steps)
 
     def _end_epoch(self) -> None:
@@ -494,7 +495,7 @@ def _target_fn(config: ScllmConfig):
 
 
 def _phase_epochs(engine, config: ScllmConfig) -> tuple[int, int, int]:
-    return config.train.schedule(minibatch=isinstance(engine, _MiniBatch))
+    return config.train.schedule(minibatch=not engine.whole_graph)
 
 
 def _checkpointer(config: ScllmConfig, fingerprint: dict):
