@@ -136,7 +136,25 @@ def cmd_cluster(args) -> None:
     if args.label_key and args.label_key not in adata.obs:
         raise KeyError(f"No obs column '{args.label_key}' in {args.input}; columns are "
                        f"{list(adata.obs.columns)}. Drop --label-key or name an existing column.")
+    _unique_gene_names(adata, args.input)
     _run_cluster(adata, args, out, Path(args.plots) if args.plots else None)
+
+
+def _unique_gene_names(adata, source) -> None:
+    """Suffix repeated gene names as scanpy does (``TBCE``, ``TBCE-1``), with a warning.
+
+    Files converted from Ensembl ids often repeat a symbol. The Python API
+    refuses them (it would rename the caller's genes); the command line
+    owns its copy, and the output file says what it did.
+    """
+    names = adata.var_names
+    if names.is_unique:
+        return
+    repeated = list(dict.fromkeys(names[names.duplicated()].astype(str)))
+    adata.var_names_make_unique()
+    warnings.warn(f"{source}: {len(repeated)} gene names repeat (e.g. {repeated[:3]}); they were made unique "
+                  "as scanpy's var_names_make_unique does (a second 'X' becomes 'X-1'), and the output file "
+                  "keeps those names.", UserWarning, stacklevel=2)
 
 
 def cmd_demo(args) -> None:

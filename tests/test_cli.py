@@ -187,3 +187,28 @@ def test_a_second_run_loads_the_compiled_programs_and_writes_the_same_clusters(c
     assert sorted(p.name for p in cache.iterdir()) == kept  # nothing new compiled: every program was loaded
     np.testing.assert_array_equal(outputs[1].obs["scllm"].to_numpy(), outputs[0].obs["scllm"].to_numpy())
     np.testing.assert_array_equal(outputs[1].obsm["X_scllm"], outputs[0].obsm["X_scllm"])
+
+
+# ------------------------------------------------------------------- repeated gene names
+
+
+def test_repeated_gene_names_are_made_unique_with_a_warning(baron, tmp_path):
+    """A file whose gene names repeat (symbols converted from Ensembl ids) is clustered: the command line
+    suffixes the repeats as scanpy does, says so, and writes those names; the Python API still refuses them."""
+    import anndata as ad
+
+    cells = baron[:200].copy()
+    names = list(cells.var_names)
+    names[1] = names[0]
+    cells.var_names = names
+    path = tmp_path / "repeated.h5ad"
+    cells.write_h5ad(path)
+    out = tmp_path / "out.h5ad"
+    config = config_file(ScllmConfig.tiny(), tmp_path)
+    with pytest.warns(UserWarning, match=rf"1 gene names repeat \(e\.g\. \['{names[0]}'\]\); they were made unique"):
+        main(["cluster", str(path), "--out", str(out), "--n-clusters", "3", "--graph-only", "--quiet",
+              "--config", str(config)])
+    written = ad.read_h5ad(out)
+    assert written.var_names.is_unique
+    assert list(written.var_names[:2]) == [names[0], f"{names[0]}-1"]
+    assert written.obs["scllm"].nunique() == 3
