@@ -214,17 +214,46 @@ def use_minibatch(n_cells: int, config: ScllmConfig, n_devices: int | None = Non
 
 
 # ----------------------------------------------------------------------------- engines
-# An engine hides how one optimiser step and one pass over all cells are done:
-# full batch (one step per epoch, the whole graph) or mini-batch (data parallel).
+# An engine hides how a run of optimiser steps and one pass over all cells are done: the
+# whole graph as every step's batch (one step per epoch), or batches of cells gathered on
+# the device (data parallel). The maths of a step is one (scllm_jax.step); the engines
+# differ only in what a batch is and in the cell tables that batches need.
 
-class _FullBatch:
-    """The whole graph is the one batch of every step (one step per epoch)."""
+class _Engine:
+    """What the training loop calls, with the whole graph's behaviour where nothing else is needed.
+
+    Each engine also has ``dims()`` (input, genes, text widths), ``compile(graphdef,
+    optimizer)``, ``run_steps(...)`` (a run of steps as one program), ``embed_all(params)``
+    (latent and clustering space of every cell) and ``assign(params)`` (``Q`` of every cell).
+    """
 
     steps_per_epoch = 1
     whole_graph = True
 
-    def __init__(self, data: Tables, config: ScllmConfig):
+    def __init__(self, data, config: ScllmConfig):
         self.data, self.config = data, config
+
+    def place(self, params):
+        """``params`` where the steps read them (replicated over a mesh)."""
+        return params
+
+    def begin_epoch(self, params) -> None:
+        """Refresh the cell tables an epoch's batches read (none for the whole graph)."""
+
+    def set_target(self, target_p):
+        """Give the steps a new target ``P``; returns it."""
+        return target_p
+
+    def tables_state(self) -> dict[str, np.ndarray]:
+        """The cell tables a checkpoint keeps beyond ``P`` (none for the whole graph)."""
+        return {}
+
+    def load_tables(self, tables: dict[str, np.ndarray]) -> None:
+        """Put back what :meth:`tables_state` gave."""
+
+
+class _FullBatch(_Engine):
+    """The whole graph is the one batch of every step (one step per epoch)."""
 
     def dims(self) -> tuple[int, int, int | None]:
         text = None if self.data.text is None else self.data.text.shape[1]
@@ -237,9 +266,6 @@ class _FullBatch:
         self._assign = jax.jit(lambda params: student_t_assign(embed(params, tables, None, None)[1],
                                                                params["centres"][...], config.train.alpha))
 
-    def place(self, params):
-        return params
-
     def run_steps(self, params, opt_state, target_p, keys, phase, epoch, index, n_steps):
         # n_steps epochs: the whole graph is every step's batch.
         return self._steps(params, opt_state, self.data._replace(target_p=target_p), None, keys, None)
@@ -248,28 +274,17 @@ class _FullBatch:
         latent, embedding = self._embed(params, self.data, None, None)
         return np.asarray(latent), np.asarray(embedding)
 
-    def begin_epoch(self, params) -> None:
-        pass
-
     def assign(self, params) -> jax.Array:
         return self._assign(params)
 
-    def set_target(self, target_p):
-        return target_p
 
-    # no cell tables beyond P
-    def tables_state(self) -> dict[str, np.ndarray]:
-        return {}
+class _MiniBatch(_Engine):
+    """Batches of cells gathered on the device; the ncut's neighbours read a latent table refreshed each epoch."""
 
-    def load_tables(self, tables: dict[str, np.ndarray]) -> None:
-        pass
-
-
-class _MiniBatch:
     whole_graph = False
 
     def __init__(self, data, config: ScllmConfig):
-        self.data, self.config = data, config
+        super().__init__(data, config)
         self._latent = self._embedding = None
         self.steps_per_epoch = data.steps_per_epoch
         self._order_key = self._order = None
