@@ -100,8 +100,15 @@ def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
 
     key = "scllm"
     start = time.perf_counter()
-    tl.cluster(adata, args.n_clusters, layer=getattr(args, "layer", None), key_added=key, config=args.settings,
+    layer = getattr(args, "layer", None)
+    source = _expression_source(adata, layer)
+    tl.cluster(source, args.n_clusters, layer=layer, key_added=key, config=args.settings,
                progress=not args.quiet, gene_symbols_key=getattr(args, "gene_symbols_key", None))
+    if source is not adata:  # the results go into the file's own AnnData, its scaled X kept
+        adata.obs[key] = source.obs[key]
+        adata.obsm[f"X_{key}"], adata.obsm[f"{key}_soft"] = source.obsm[f"X_{key}"], source.obsm[f"{key}_soft"]
+        adata.uns[key] = source.uns[key]
+        adata.uns[key]["input"]["layer"] = "raw"
     timings = adata.uns[key]["timings"]
     logger.info("clustered and annotated in %.1f s (fit %.1f s)", time.perf_counter() - start, timings["total"])
     asked, found = adata.uns[key]["params"]["n_clusters"], adata.uns[key]["n_clusters_found"]
@@ -138,6 +145,35 @@ def cmd_cluster(args) -> None:
                        f"{list(adata.obs.columns)}. Drop --label-key or name an existing column.")
     _unique_gene_names(adata, args.input)
     _run_cluster(adata, args, out, Path(args.plots) if args.plots else None)
+
+
+def _has_negative(matrix) -> bool:
+    import scipy.sparse as sp
+
+    values = matrix.data if sp.issparse(matrix) else matrix
+    return bool(values.size) and float(values.min()) < 0
+
+
+def _expression_source(adata, layer: str | None):
+    """What to cluster: ``adata``, or its ``raw`` where ``X`` is scaled and ``raw`` holds the expression.
+
+    scanpy's usual processed file keeps the log expression of every gene in
+    ``adata.raw`` and the scaled (negative) variable genes in ``X``, which
+    cannot be clustered as they are. With no layer named and no
+    ``layers['counts']`` (which :func:`~scllm_jax.validation.choose_layer`
+    takes), ``raw`` is clustered, with a warning; anything else is left to
+    the checks of ``adata`` itself.
+    """
+    import anndata as ad
+
+    if layer is not None or adata.raw is None or "counts" in adata.layers or not _has_negative(adata.X):
+        return adata
+    raw = adata.raw
+    if raw.n_obs != adata.n_obs or _has_negative(raw.X):
+        return adata
+    warnings.warn(f"adata.X has negative values (scaled data) and adata.raw does not: clustering adata.raw "
+                  f"({raw.n_vars} genes) and writing the clusters next to the scaled X.", UserWarning, stacklevel=2)
+    return ad.AnnData(X=raw.X, obs=adata.obs.copy(), var=raw.var.copy())
 
 
 def _unique_gene_names(adata, source) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,42 @@ def test_repeated_gene_names_are_made_unique_with_a_warning(baron, tmp_path):
     assert written.var_names.is_unique
     assert list(written.var_names[:2]) == [names[0], f"{names[0]}-1"]
     assert written.obs["scllm"].nunique() == 3
+
+
+# ------------------------------------------------------------------- scanpy's processed files
+
+
+def test_scaled_x_with_log_expression_in_raw_clusters_raw(baron, tmp_path):
+    """scanpy's usual processed file: every gene's log expression in ``raw``, scaled variable genes in ``X``.
+    The command line clusters ``raw`` with a warning, writes the clusters next to the scaled ``X`` (kept as it
+    was), and gives the clusters that the same cells' counts give."""
+    import anndata as ad
+    import scanpy as sc
+
+    counts = baron[:200].copy()
+    processed = counts.copy()
+    sc.pp.normalize_total(processed, target_sum=1e4)
+    sc.pp.log1p(processed)
+    processed.raw = processed
+    processed = processed[:, :500].copy()
+    sc.pp.scale(processed, max_value=10)
+    assert processed.X.min() < 0
+    paths = {"counts": tmp_path / "counts.h5ad", "processed": tmp_path / "processed.h5ad"}
+    counts.write_h5ad(paths["counts"])
+    processed.write_h5ad(paths["processed"])
+    config = config_file(ScllmConfig.tiny(), tmp_path)
+    written = {}
+    for name, path in paths.items():
+        out = tmp_path / f"out_{name}.h5ad"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["cluster", str(path), "--out", str(out), "--n-clusters", "3", "--graph-only", "--quiet",
+                         "--config", str(config)]) in (0, None)
+        said = " ".join(str(w.message) for w in caught)
+        assert ("clustering adata.raw (" in said) == (name == "processed")
+        written[name] = ad.read_h5ad(out)
+    result = written["processed"]
+    np.testing.assert_array_equal(result.X, processed.X)  # the scaled matrix is kept as it was
+    assert result.uns["scllm"]["input"]["layer"] == "raw"
+    assert result.uns["scllm"]["input"]["values"] == "log"
+    np.testing.assert_array_equal(result.obs["scllm"].to_numpy(), written["counts"].obs["scllm"].to_numpy())
