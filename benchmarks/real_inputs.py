@@ -3,7 +3,9 @@
 
 For each ``.h5ad`` in ``--data-dir`` the counts are written again as a user's file might
 hold them (``tests/conftest.value_version``: RPKM, TPM, ``log1p`` of CPM, ``log2(1 + TPM)``)
-and as scaled data with the counts in ``layers['counts']``; each file goes through the
+and as scaled data with the counts in ``layers['counts']``, as scanpy's tutorials leave a
+file (scaled variable genes in ``X``, log expression in ``raw``) and with repeated gene
+names; each file goes through the
 command line in a fresh process, as a user would run it, with a short training budget
 (``--epochs``: this checks inputs, not quality). A run passes when it exits 0 and writes
 ``obs['scllm']``, or exits non-zero with a one-line ``error:`` message; a traceback fails
@@ -29,7 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-VERSIONS = ("counts", "rpkm", "tpm", "log1p_cpm", "log2_tpm", "scaled_with_counts")
+VERSIONS = ("counts", "rpkm", "tpm", "log1p_cpm", "log2_tpm", "scaled_with_counts", "scanpy_processed",
+            "repeated_names")
 COLUMNS = ("dataset", "version", "exit_code", "outcome", "values_reported", "ARI", "seconds", "message")
 
 
@@ -42,6 +45,18 @@ def write_version(counts, version: str, path: Path) -> None:
 
     if version == "counts":
         adata = counts
+    elif version == "scanpy_processed":  # scanpy's tutorials: log expression in raw, scaled variable genes in X
+        adata = counts.copy()
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+        adata.raw = adata
+        sc.pp.highly_variable_genes(adata, n_top_genes=min(1000, adata.n_vars), subset=True)
+        sc.pp.scale(adata, max_value=10)
+    elif version == "repeated_names":  # every 50th gene takes the name before it (symbols from Ensembl ids)
+        adata = counts.copy()
+        names = adata.var_names.to_numpy().copy()
+        names[50::50] = names[49:-1:50]
+        adata.var_names = names
     elif version == "scaled_with_counts":
         adata = counts.copy()
         adata.layers["counts"] = adata.X.copy()
@@ -110,11 +125,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print("\t".join(str(row.get(c, "")) for c in COLUMNS), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    n_run = len(rows)
+    if args.out.exists():  # rows of (dataset, version) pairs not run now are kept
+        with args.out.open() as handle:
+            ran = {(row["dataset"], row["version"]) for row in rows}
+            rows = [row for row in csv.DictReader(handle, delimiter="\t")
+                    if (row["dataset"], row["version"]) not in ran] + rows
     with args.out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows({c: row.get(c, "") for c in COLUMNS} for row in rows)
-    print(f"{len(rows) - failed} of {len(rows)} runs clustered or ended in one line; written to {args.out}")
+    print(f"{n_run - failed} of {n_run} runs clustered or ended in one line; written to {args.out}")
     return 1 if failed else 0
 
 
