@@ -120,6 +120,33 @@ class Budgets(NamedTuple):
     entries: int
 
 
+def padded_edge_count(n_edges: int) -> int:
+    """``n_edges`` rounded up to one of 16 sizes per power of two (at most 6.25% more).
+
+    The kNN graph's edge count moves with the seed (the randomised PCA), and
+    every new count would compile the training programs again; rounded up,
+    the seeds of one data set share them.
+    """
+    if n_edges <= 16:
+        return max(n_edges, 1)
+    step = 1 << (n_edges.bit_length() - 5)
+    return -(-n_edges // step) * step
+
+
+def _padded_edges(edges: WholeGraph, n_cells: int) -> WholeGraph:
+    """``edges`` with weight-0 self-loops of the last cell appended up to :func:`padded_edge_count`.
+
+    They add nothing to a convolution or to the ncut, and they keep the
+    receivers sorted.
+    """
+    # On the host: a device concatenation would compile once per edge count, what this avoids.
+    weights, senders, receivers = (np.asarray(column) for column in edges)
+    n_pad = padded_edge_count(weights.size) - weights.size
+    last = np.full(n_pad, n_cells - 1, dtype=receivers.dtype)
+    return WholeGraph(jnp.asarray(np.concatenate([weights, np.zeros(n_pad, weights.dtype)])),
+                      jnp.asarray(np.concatenate([senders, last])), jnp.asarray(np.concatenate([receivers, last])))
+
+
 def whole_graph_tables(features: np.ndarray, target: np.ndarray, graph, text: np.ndarray | None) -> Tables:
     """The tables of full-graph training: put the arrays on the device and precompute ``A X``.
 
@@ -134,7 +161,7 @@ def whole_graph_tables(features: np.ndarray, target: np.ndarray, graph, text: np
     text
         ``Z_text`` or ``None``.
     """
-    edges = WholeGraph(graph.edges, graph.senders, graph.receivers)
+    edges = _padded_edges(WholeGraph(graph.edges, graph.senders, graph.receivers), features.shape[0])
     aggregated = jax.jit(propagate)(edges.weights, edges.senders, edges.receivers,
                                     jnp.asarray(features, dtype=jnp.float32))
     return Tables(aggregated, edges, jnp.asarray(target, dtype=jnp.float32),
@@ -303,4 +330,4 @@ def make_embed(graphdef: nnx.GraphDef):
 
 __all__ = ["Batch", "Budgets", "INFONCE_BATCH_CELLS", "RECONSTRUCTION_BATCH_CELLS", "Tables", "WholeGraph",
            "encode_batch", "gather_batch", "loss_terms", "make_embed", "make_steps", "ncut_term", "step_keys",
-           "whole_graph_tables"]
+           "padded_edge_count", "whole_graph_tables"]

@@ -19,7 +19,8 @@ from scllm_jax.minibatch import embed_all, minibatch_data, plan_budgets, put_bat
 from scllm_jax.modules import ScllmNetwork
 from scllm_jax.parallel import data_mesh
 from scllm_jax.preprocess import ScaledExpression, _DeviceBlocks
-from scllm_jax.step import gather_batch, loss_terms, make_embed, whole_graph_tables
+from scllm_jax.graph import propagate
+from scllm_jax.step import WholeGraph, gather_batch, loss_terms, make_embed, padded_edge_count, whole_graph_tables
 
 
 def _cells(n_cells=160, n_pcs=8, n_genes=30, seed=0):
@@ -128,6 +129,44 @@ def test_one_batch_of_every_cell_gives_the_full_graph_losses_and_gradients(with_
     for got, want in zip(jax.tree.leaves(batch_grads), jax.tree.leaves(full_grads), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-6)
     assert float(jnp.abs(jax.tree.leaves(full_grads)[0]).max()) > 0
+
+
+def test_edge_counts_round_up_so_that_seeds_share_compiled_programs():
+    # worm_neuron's kNN graph with seeds 1 and 2 (the randomised PCA moves the edge count)
+    assert padded_edge_count(108_938) == padded_edge_count(109_102) == 110_592
+    for n_edges in (1, 16, 17, 1000, 12_345, 10**6):
+        assert n_edges <= padded_edge_count(n_edges) <= n_edges * 1.0625
+
+
+def test_padding_edges_change_no_loss_or_gradient():
+    """The whole graph's edges padded (weight-0 self-loops of the last cell): the same A X, losses and
+    gradients as the graph's own edges."""
+    pca, matrix, rng = _cells()
+    n_cells = pca.shape[0]
+    graph = graph_from_adjacency(normalized_adjacency(knn_indices(pca, 6)))
+    padded = whole_graph_tables(pca, matrix.toarray(), graph, None)
+    assert padded.graph.weights.shape[0] > graph.edges.shape[0]  # this graph's count is not a bucket
+    edges = WholeGraph(jnp.asarray(graph.edges), jnp.asarray(graph.senders), jnp.asarray(graph.receivers))
+    plain = padded._replace(graph=edges, aggregated_input=propagate(*edges, jnp.asarray(pca)))
+    np.testing.assert_array_equal(np.asarray(padded.aggregated_input), np.asarray(plain.aggregated_input))
+    network = _network()
+    network.centres[...] = rng.normal(size=network.centres[...].shape).astype(np.float32)
+    graphdef, params = nnx.split(network, nnx.Param)
+    target_p = jnp.asarray(rng.dirichlet(np.ones(3), n_cells).astype(np.float32))
+    config = ScllmConfig.tiny()
+
+    def loss(params, tables):
+        tables = tables._replace(target_p=target_p)
+        terms = loss_terms(nnx.merge(graphdef, params), tables, gather_batch(tables, None, None), config,
+                           jax.random.key(0))
+        return sum(terms.values()), terms
+
+    (_, got), got_grads = jax.value_and_grad(loss, has_aux=True)(params, padded)
+    (_, want), want_grads = jax.value_and_grad(loss, has_aux=True)(params, plain)
+    for name in want:
+        np.testing.assert_allclose(float(got[name]), float(want[name]), rtol=1e-6, atol=0)
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
 def test_full_embedding_pass_equals_the_full_graph_encoder():
