@@ -33,13 +33,19 @@ VALUE_KINDS = {
     "linear": ("linear-scale normalised values (TPM, RPKM, CPM, FPKM)",
                "normalised per cell to target_sum, then log1p, as counts are"),
     "log": ("log-scale values (e.g. log1p of normalised counts, log2(TPM + 1))",
-            "brought back to linear scale (the base, e, 2 or 10, under which the cells' totals agree; e when "
-            "none does), then normalised per cell to target_sum and log1p, as counts are"),
+            "brought back to linear scale (the base, e, 2 or 10, under which the values de-log to whole numbers, "
+            "else under which the cells' totals agree, else e), then normalised per cell to target_sum and "
+            "log1p, as counts are"),
 }
 #: Bases tried for log-scale values, natural first (the default when no base fits).
 LOG_BASES = (float(np.e), 2.0, 10.0)
 #: De-logged totals whose coefficient of variation over cells is below this count as equal (normalised data).
 EQUAL_TOTALS_CV = 0.02
+#: Log of counts: the base under which at least this share of the de-logged values are whole numbers.
+WHOLE_NUMBER_SHARE = 0.99
+#: Whole numbers are looked for among de-logged values up to this size: above it float32 logs no longer
+#: tell a whole number from its neighbours (and every float64 beyond 2^53 is one).
+WHOLE_NUMBER_MAX = 1000.0
 
 
 def value_kind(is_integer: bool, largest: float) -> str:
@@ -131,24 +137,47 @@ class CheckedExpression:
     log_base: float | None = None
 
 
-def log_base(delogged_totals: dict[float, np.ndarray]) -> float:
-    """The base of log-scale values: the one under which the cells' de-logged totals agree.
+def log_base(delogged_totals: dict[float, np.ndarray], whole_shares: dict[float, float] | None = None) -> float:
+    """The base of log-scale values: the one that undoes them into counts, or makes the cells' totals agree.
 
-    Public log-scale data are mostly ``log_b(1 + x)`` of values normalised to a
-    common total per cell (scanpy's ``normalize_total``, CPM, TPM), with ``b``
-    e or 2 (or 10). Undone with the right base, every cell's total is the same
-    again; with a wrong one the totals scatter. Where no base gives equal
-    totals (coefficient of variation below :data:`EQUAL_TOTALS_CV`), e.g. the
-    log of unnormalised values or a subset of genes, the natural log is assumed.
+    ``log_b(1 + counts)`` undone with the right base gives whole numbers
+    again (with a wrong one, ``(1 + c)^(ln b' / ln b) - 1``, almost never):
+    the base under which at least :data:`WHOLE_NUMBER_SHARE` of the values
+    de-log to whole numbers is taken first. Otherwise public log-scale data
+    are mostly ``log_b(1 + x)`` of values normalised to a common total per
+    cell (scanpy's ``normalize_total``, CPM, TPM), with ``b`` e or 2 (or 10).
+    Undone with the right base, every cell's total is the same again; with a
+    wrong one the totals scatter. Where no base gives equal totals
+    (coefficient of variation below :data:`EQUAL_TOTALS_CV`), e.g. the log of
+    unnormalised values or of a subset of genes, the natural log is assumed.
 
     Parameters
     ----------
     delogged_totals
         For each base ``b`` of :data:`LOG_BASES`, each cell's ``sum_g (b^v - 1)``.
+    whole_shares
+        For each base, the share of stored values whose ``b^v - 1`` is a
+        whole number (:func:`whole_numbers`); ``None``: not known.
     """
+    if whole_shares:
+        best = max(whole_shares, key=whole_shares.get)
+        if whole_shares[best] >= WHOLE_NUMBER_SHARE:
+            return best
     spread = {base: float(np.std(totals) / max(np.mean(totals), 1e-300)) for base, totals in delogged_totals.items()}
     best = min(spread, key=spread.get)
     return best if spread[best] < EQUAL_TOTALS_CV else LOG_BASES[0]
+
+
+def whole_numbers(delogged: np.ndarray) -> tuple[int, int]:
+    """How many de-logged values from 1 to :data:`WHOLE_NUMBER_MAX` are whole numbers, and how many there are.
+
+    A log stored in float32 carries a relative error of about 6e-8, which
+    de-logging turns into at most about ``1e-6 x`` in that range; a value
+    counts as whole within ``1e-3 + 2e-6 x``.
+    """
+    considered = delogged[(delogged > 0.5) & (delogged <= WHOLE_NUMBER_MAX)]
+    whole = np.abs(considered - np.round(considered)) <= 1e-3 + 2e-6 * considered
+    return int(np.count_nonzero(whole)), int(considered.size)
 
 
 def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells: int = 20_000,
@@ -190,6 +219,7 @@ def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells
     is_integer, largest = True, 0.0
     cells_per_gene = np.zeros(n_genes, np.int64)
     delogged_totals: dict[float, list[np.ndarray]] = {base: [] for base in LOG_BASES}
+    whole_counts = {base: np.zeros(2, np.int64) for base in LOG_BASES}  # whole, considered
     for _, chunk in row_chunks(adata, chunk_cells, layer):
         _check_values(chunk.data, layer)
         _check_totals(np.asarray(chunk.sum(axis=1)).ravel())
@@ -200,11 +230,15 @@ def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells
                 delogged = sp.csr_matrix((np.power(base, chunk.data.astype(np.float64)) - 1.0, chunk.indices,
                                           chunk.indptr), shape=chunk.shape)
                 totals.append(np.asarray(delogged.sum(axis=1)).ravel())
+                whole_counts[base] += whole_numbers(delogged.data)
         cells_per_gene += np.bincount(chunk.indices[chunk.data > 0], minlength=n_genes)
         for part in (chunk.indptr, chunk.indices, chunk.data):
             digest.update(np.ascontiguousarray(part).tobytes())
     kind = value_kind(is_integer, largest)
-    base = log_base({b: np.concatenate(t) for b, t in delogged_totals.items()}) if kind == "log" else None
+    base = None
+    if kind == "log":
+        base = log_base({b: np.concatenate(t) for b, t in delogged_totals.items()},
+                        {b: whole / max(considered, 1) for b, (whole, considered) in whole_counts.items()})
     if warn and kind != "counts":
         what, action = VALUE_KINDS[kind]
         side = "above" if kind == "linear" else "not above"

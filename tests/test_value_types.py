@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from scllm_jax.cli import main
 from scllm_jax.config import ScllmConfig
 from scllm_jax.io import read
 from scllm_jax.metrics import cluster_metrics
+from scllm_jax.preprocess import Preprocessor
 from scllm_jax.validation import LOG_SCALE_MAX, check_expression, value_kind
 
 from .conftest import VALUE_VERSIONS, config_file, value_version
@@ -87,8 +89,24 @@ def test_the_base_of_log_values_is_the_one_that_makes_cell_totals_agree(baron, k
 def test_log_values_of_unnormalised_data_are_taken_as_natural_logs(baron):
     from scllm_jax.validation import LOG_BASES, log_base
 
-    values = baron[:200].copy()
+    values = value_version(baron[:200], "rpkm")
     values.X = values.X.astype(np.float32)
-    values.X.data = np.log1p(values.X.data)  # log of raw counts: no base makes the totals agree
+    values.X.data = np.log2(1.0 + values.X.data)  # log of RPKM: no base gives whole numbers or equal totals
     assert check_expression(values, warn=False).log_base == LOG_BASES[0] == pytest.approx(np.e)
     assert log_base({2.0: np.array([1.0, 1.0, 1.0]), np.e: np.array([1.0, 2.0, 3.0])}) == 2.0
+    assert log_base({2.0: np.array([1.0, 1.0, 1.0]), np.e: np.array([1.0, 2.0, 3.0])}, {2.0: 0.2, np.e: 1.0}) == np.e
+
+
+@pytest.mark.parametrize("base", [np.e, 2.0, 10.0])
+def test_the_log_of_counts_is_undone_with_the_base_that_gives_whole_numbers(baron, base):
+    """``log_b(1 + counts)`` with any of the three bases: the base is found (the cells' totals do not agree
+    under any), and the preprocessed cells are those of the counts."""
+    counts = baron[:200].copy()
+    logged = counts.copy()
+    logged.X = sp.csr_matrix(counts.X, dtype=np.float64)
+    logged.X.data = (np.log1p(logged.X.data) / np.log(base)).astype(np.float32)
+    logged.X = logged.X.astype(np.float32)
+    assert check_expression(logged, warn=False).log_base == pytest.approx(base)
+    _, from_counts = Preprocessor.fit(counts, CONFIG)
+    _, from_logs = Preprocessor.fit(logged, CONFIG)
+    np.testing.assert_allclose(np.abs(from_logs.pca), np.abs(from_counts.pca), rtol=1e-3, atol=1e-3)
