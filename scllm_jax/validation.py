@@ -78,8 +78,10 @@ def where(layer: str | None) -> str:
 def _source(adata: ad.AnnData, layer: str | None):
     matrix = adata.X if layer is None else adata.layers[layer]
     if matrix is None:
-        raise InputError("The AnnData has no X matrix; put the cells x genes counts in adata.X "
-                         "(or name the layer that holds them with layer=).")
+        layers = list(adata.layers.keys())
+        held = f"its layers are {layers}" if layers else "it has no layers either"
+        raise InputError(f"The AnnData has no X matrix ({held}); put the cells x genes counts in adata.X, "
+                         "or name the layer that holds them (layer='name', --layer name).")
     return matrix
 
 

@@ -496,3 +496,16 @@ def test_cli_zero_clusters(counts, tmp_path, capsys):
     assert main(["cluster", str(tmp_path / "any.h5ad"), "--out", str(tmp_path / "o.h5ad"),
                  "--n-clusters", "0"]) == 2
     assert "--n-clusters 0: give a positive number" in one_error_line(capsys)
+
+
+def test_no_x_matrix_names_the_layers_there_are(adata):
+    """An AnnData without X: the error names the layers it does have and how to choose one."""
+    import anndata as ad
+
+    empty = ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy())
+    empty.layers["spliced"] = adata.X.copy()
+    with pytest.raises(InputError, match=r"^The AnnData has no X matrix \(its layers are \['spliced'\]\); .* "
+                                         r"\(layer='name', --layer name\)"):
+        tl.cluster(empty, K, config=FAST, progress=False)
+    labels = tl.cluster(empty, K, layer="spliced", config=FAST, progress=False, copy=True).obs["scllm"]
+    assert labels.nunique() == K
