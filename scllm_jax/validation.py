@@ -283,9 +283,9 @@ def choose_layer(adata: ad.AnnData, layer: str | None = None, *, chunk_cells: in
         return None
     if not _holds_counts(adata, "counts", chunk_cells):
         return None
-    warnings.warn("adata.X does not hold raw counts (non-integer or negative values) but "
-                  "adata.layers['counts'] does: clustering adata.layers['counts'] (pass layer='counts', "
-                  "--layer counts, to choose it yourself).", UserWarning, stacklevel=3)
+    x_holds = "is empty" if adata.X is None else "does not hold raw counts (non-integer or negative values)"
+    warnings.warn(f"adata.X {x_holds} but adata.layers['counts'] holds them: clustering adata.layers['counts'] "
+                  "(pass layer='counts', --layer counts, to choose it yourself).", UserWarning, stacklevel=3)
     logger.info("clustering adata.layers['counts'] instead of adata.X")
     return "counts"
 

@@ -509,3 +509,7 @@ def test_no_x_matrix_names_the_layers_there_are(adata):
         tl.cluster(empty, K, config=FAST, progress=False)
     labels = tl.cluster(empty, K, layer="spliced", config=FAST, progress=False, copy=True).obs["scllm"]
     assert labels.nunique() == K
+    empty.layers["counts"] = empty.layers.pop("spliced")  # a counts layer is taken without being named
+    with pytest.warns(UserWarning, match=r"^adata.X is empty but adata.layers\['counts'\] holds them: clustering"):
+        tl.cluster(empty, K, config=FAST, progress=False)
+    assert empty.obs["scllm"].nunique() == K
