@@ -148,9 +148,12 @@ def cmd_cluster(args) -> None:
 
 
 def _has_negative(matrix) -> bool:
+    import numpy as np
     import scipy.sparse as sp
 
-    values = matrix.data if sp.issparse(matrix) else matrix
+    if matrix is None:  # no X: the checks of the data say so
+        return False
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
     return bool(values.size) and float(values.min()) < 0
 
 

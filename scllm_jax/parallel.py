@@ -104,9 +104,10 @@ def use_compilation_cache() -> str | None:
     atlas run on a GPU, and about 3 s of a 15 s ``scllm-jax cluster`` of
     4,186 cells on 2 CPU cores. The same shapes come back when the same
     command runs again, so a later run loads them instead; the loaded
-    programs give bitwise the same output. (Another seed moves the randomised
-    PCA and so the graph's edge count, and compiles the training programs
-    again.) Every program is kept, the quick ones too: on a CPU most compile
+    programs give bitwise the same output. Another seed of the same data
+    reuses them too: the whole graph's edge count, which the randomised PCA
+    moves with the seed, is padded to a shared size
+    (:func:`~scllm_jax.step.padded_edge_count`). Every program is kept, the quick ones too: on a CPU most compile
     in under half a second, but they add up. The folder is
     ``$SCLLM_JAX_COMPILATION_CACHE``, else ``$XDG_CACHE_HOME/scllm-jax/xla``
     (``~/.cache`` when unset);

@@ -158,8 +158,9 @@ def log_base(delogged_totals: dict[float, np.ndarray], whole_shares: dict[float,
     delogged_totals
         For each base ``b`` of :data:`LOG_BASES`, each cell's ``sum_g (b^v - 1)``.
     whole_shares
-        For each base, the share of stored values whose ``b^v - 1`` is a
-        whole number (:func:`whole_numbers`); ``None``: not known.
+        For each base, the share of de-logged values ``b^v - 1`` from 1 to
+        :data:`WHOLE_NUMBER_MAX` that are whole numbers
+        (:func:`whole_numbers`); ``None``: not known.
     """
     if whole_shares:
         best = max(whole_shares, key=whole_shares.get)
@@ -180,6 +181,20 @@ def whole_numbers(delogged: np.ndarray) -> tuple[int, int]:
     considered = delogged[(delogged > 0.5) & (delogged <= WHOLE_NUMBER_MAX)]
     whole = np.abs(considered - np.round(considered)) <= 1e-3 + 2e-6 * considered
     return int(np.count_nonzero(whole)), int(considered.size)
+
+
+def _log_base_of(adata: ad.AnnData, layer: str | None, chunk_cells: int) -> float:
+    """:func:`log_base` of log-scale values, from one more pass over them (only log-scale data pays for it)."""
+    delogged_totals: dict[float, list[np.ndarray]] = {base: [] for base in LOG_BASES}
+    whole_counts = {base: np.zeros(2, np.int64) for base in LOG_BASES}  # whole, considered
+    for _, chunk in row_chunks(adata, chunk_cells, layer):
+        for base, totals in delogged_totals.items():
+            delogged = sp.csr_matrix((np.power(base, chunk.data.astype(np.float64)) - 1.0, chunk.indices,
+                                      chunk.indptr), shape=chunk.shape)
+            totals.append(np.asarray(delogged.sum(axis=1)).ravel())
+            whole_counts[base] += whole_numbers(delogged.data)
+    return log_base({base: np.concatenate(totals) for base, totals in delogged_totals.items()},
+                    {base: whole / max(considered, 1) for base, (whole, considered) in whole_counts.items()})
 
 
 def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells: int = 20_000,
@@ -220,27 +235,16 @@ def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells
     digest.update("\n".join(map(str, adata.var_names)).encode())
     is_integer, largest = True, 0.0
     cells_per_gene = np.zeros(n_genes, np.int64)
-    delogged_totals: dict[float, list[np.ndarray]] = {base: [] for base in LOG_BASES}
-    whole_counts = {base: np.zeros(2, np.int64) for base in LOG_BASES}  # whole, considered
     for _, chunk in row_chunks(adata, chunk_cells, layer):
         _check_values(chunk.data, layer)
         _check_totals(np.asarray(chunk.sum(axis=1)).ravel())
         is_integer = is_integer and bool(np.all(chunk.data == np.round(chunk.data)))
         largest = max(largest, float(chunk.data.max()) if chunk.nnz else 0.0)
-        if largest <= LOG_SCALE_MAX:  # could still be log-scale: keep the totals each base would give
-            for base, totals in delogged_totals.items():
-                delogged = sp.csr_matrix((np.power(base, chunk.data.astype(np.float64)) - 1.0, chunk.indices,
-                                          chunk.indptr), shape=chunk.shape)
-                totals.append(np.asarray(delogged.sum(axis=1)).ravel())
-                whole_counts[base] += whole_numbers(delogged.data)
         cells_per_gene += np.bincount(chunk.indices[chunk.data > 0], minlength=n_genes)
         for part in (chunk.indptr, chunk.indices, chunk.data):
             digest.update(np.ascontiguousarray(part).tobytes())
     kind = value_kind(is_integer, largest)
-    base = None
-    if kind == "log":
-        base = log_base({b: np.concatenate(t) for b, t in delogged_totals.items()},
-                        {b: whole / max(considered, 1) for b, (whole, considered) in whole_counts.items()})
+    base = _log_base_of(adata, layer, chunk_cells) if kind == "log" else None
     if warn and kind != "counts":
         what, action = VALUE_KINDS[kind]
         side = "above" if kind == "linear" else "not above"
