@@ -4,8 +4,9 @@
 For each ``.h5ad`` in ``--data-dir`` the counts are written again as a user's file might
 hold them (``tests/conftest.value_version``: RPKM, TPM, ``log1p`` of CPM, ``log2(1 + TPM)``)
 and as scaled data with the counts in ``layers['counts']``, as scanpy's tutorials leave a
-file (scaled variable genes in ``X``, log expression in ``raw``) and with repeated gene
-names; each file goes through the
+file (scaled variable genes in ``X``, log expression in ``raw``), with repeated gene
+names, and with every 100th cell emptied (no counts, as an empty droplet; those cells are
+not scored); each file goes through the
 command line in a fresh process, as a user would run it, with a short training budget
 (``--epochs``: this checks inputs, not quality). A run passes when it exits 0 and writes
 ``obs['scllm']``, or exits non-zero with a one-line ``error:`` message; a traceback fails
@@ -32,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 VERSIONS = ("counts", "rpkm", "tpm", "log1p_cpm", "log2_tpm", "scaled_with_counts", "scanpy_processed",
-            "repeated_names")
+            "repeated_names", "empty_cells")
 COLUMNS = ("dataset", "version", "exit_code", "outcome", "values_reported", "ARI", "seconds", "message")
 
 
@@ -57,6 +58,16 @@ def write_version(counts, version: str, path: Path) -> None:
         names = adata.var_names.to_numpy().copy()
         names[50::50] = names[49:-1:50]
         adata.var_names = names
+    elif version == "empty_cells":  # every 100th cell without a single count (empty droplets)
+        import scipy.sparse as sp
+
+        adata = counts.copy()
+        matrix = sp.csr_matrix(adata.X, dtype=np.float32)
+        scale = np.ones(adata.n_obs, np.float32)
+        scale[::100] = 0.0
+        matrix = sp.diags(scale) @ matrix
+        matrix.eliminate_zeros()
+        adata.X = sp.csr_matrix(matrix)
     elif version == "scaled_with_counts":
         adata = counts.copy()
         adata.layers["counts"] = adata.X.copy()
@@ -118,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                 if row["outcome"] == "clustered":
                     result = ad.read_h5ad(out)
                     row["values_reported"] = result.uns["scllm"]["input"]["values"]
-                    row["ARI"] = round(cluster_metrics(result.obs["cell_type"], result.obs["scllm"])["ARI"], 4)
+                    clustered = result.obs["scllm"].notna().to_numpy()  # cells without counts get no cluster
+                    row["ARI"] = round(cluster_metrics(result.obs["cell_type"][clustered],
+                                                       result.obs["scllm"][clustered])["ARI"], 4)
                     out.unlink()
                 failed += row["outcome"] not in ("clustered", "one-line error")
                 file.unlink()

@@ -9,6 +9,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `scllm-jax --help` stays quick
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -97,18 +101,28 @@ def _write_plots(adata, key: str, label_key: str | None, folder: Path) -> list[P
 def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
     from . import tl
     from .io import write_h5ad
+    from .validation import EmptyCellsError
 
     key = "scllm"
     start = time.perf_counter()
     layer = getattr(args, "layer", None)
     source = _expression_source(adata, layer)
-    tl.cluster(source, args.n_clusters, layer=layer, key_added=key, config=args.settings,
-               progress=not args.quiet, gene_symbols_key=getattr(args, "gene_symbols_key", None))
-    if source is not adata:  # the results go into the file's own AnnData, its scaled X kept
-        adata.obs[key] = source.obs[key]
-        adata.obsm[f"X_{key}"], adata.obsm[f"{key}_soft"] = source.obsm[f"X_{key}"], source.obsm[f"{key}_soft"]
-        adata.uns[key] = source.uns[key]
-        adata.uns[key]["input"]["layer"] = "raw"
+
+    def fit(cells) -> None:
+        tl.cluster(cells, args.n_clusters, layer=layer, key_added=key, config=args.settings,
+                   progress=not args.quiet, gene_symbols_key=getattr(args, "gene_symbols_key", None))
+
+    clustered, with_counts = source, None
+    try:
+        fit(clustered)
+    except EmptyCellsError as error:  # raised by the checks, before any work
+        with_counts = _without_empty_cells(source, error, args.input)
+        clustered = source[with_counts].copy()
+        fit(clustered)
+    if clustered is not adata:  # the results go into the file's own AnnData, every cell and its X kept
+        _results_into(adata, clustered, key, with_counts)
+        if source is not adata:
+            adata.uns[key]["input"]["layer"] = "raw"
     timings = adata.uns[key]["timings"]
     logger.info("clustered and annotated in %.1f s (fit %.1f s)", time.perf_counter() - start, timings["total"])
     asked, found = adata.uns[key]["params"]["n_clusters"], adata.uns[key]["n_clusters_found"]
@@ -116,13 +130,15 @@ def _run_cluster(adata, args, out: Path, plots: Path | None) -> None:
     print(f"clusters: {clusters}  fit: {timings['total']:.1f} s")
     _print_knowledge(adata, key)
     if args.label_key:
-        _print_metrics(adata, key, args.label_key)
+        if with_counts is not None:
+            print(f"scores of the {clustered.n_obs} clustered cells (cells without counts left out):")
+        _print_metrics(clustered, key, args.label_key)
     start = time.perf_counter()
     write_h5ad(adata, out)
     logger.info("wrote %s in %.1f s", out, time.perf_counter() - start)
     print(f"wrote {out}")
     if plots is not None:
-        for path in _write_plots(adata, key, args.label_key, plots):
+        for path in _write_plots(clustered, key, args.label_key, plots):
             print(f"wrote {path}")
 
 
@@ -177,6 +193,52 @@ def _expression_source(adata, layer: str | None):
     warnings.warn(f"adata.X has negative values (scaled data) and adata.raw does not: clustering adata.raw "
                   f"({raw.n_vars} genes) and writing the clusters next to the scaled X.", UserWarning, stacklevel=2)
     return ad.AnnData(X=raw.X, obs=adata.obs.copy(), var=raw.var.copy())
+
+
+def _without_empty_cells(adata, error, source) -> np.ndarray:
+    """Which cells to cluster when some have no count at all (``error`` names them), with a warning.
+
+    A cell without a single count says nothing of its type, and normalising
+    it divides by zero: the Python API refuses such data. The command line
+    owns its copy, so it clusters the other cells and leaves these without a
+    cluster rather than losing the whole run to a few empty droplets.
+    """
+    import numpy as np
+
+    if error.rows.size >= adata.n_obs:
+        raise error
+    with_counts = np.ones(adata.n_obs, dtype=bool)
+    with_counts[error.rows] = False
+    which = "1 cell has" if error.rows.size == 1 else f"{error.rows.size} cells have"
+    warnings.warn(f"{source}: {which} no counts at all (e.g. {list(adata.obs_names[error.rows[:3]])}); "
+                  f"clustering the other {adata.n_obs - error.rows.size} cells and leaving these without a "
+                  "cluster (missing in obs['scllm'], NaN rows in obsm). Drop them first, e.g. "
+                  "sc.pp.filter_cells(adata, min_counts=1), to silence this.", UserWarning, stacklevel=2)
+    return with_counts
+
+
+def _results_into(adata, clustered, key: str, rows: np.ndarray | None) -> None:
+    """Copy the clustering of ``clustered`` into ``adata``, whose cells ``rows`` (all when ``None``) it holds."""
+    import numpy as np
+    import pandas as pd
+
+    labels = clustered.obs[key]
+    if rows is None:
+        adata.obs[key] = labels.to_numpy()  # a Categorical: taken by position, not by the index
+    else:
+        codes = np.full(adata.n_obs, -1, dtype=np.int64)
+        codes[rows] = labels.cat.codes.to_numpy()
+        adata.obs[key] = pd.Categorical.from_codes(codes, categories=labels.cat.categories)
+    for name in (f"X_{key}", f"{key}_soft"):
+        values = np.asarray(clustered.obsm[name])
+        if rows is not None:
+            full = np.full((adata.n_obs, values.shape[1]), np.nan, dtype=np.float32)
+            full[rows] = values
+            values = full
+        adata.obsm[name] = values
+    adata.uns[key] = clustered.uns[key]
+    if rows is not None:
+        adata.uns[key]["input"]["cells_without_counts"] = int(np.count_nonzero(~rows))
 
 
 def _unique_gene_names(adata, source) -> None:

@@ -20,6 +20,14 @@ class InputError(ValueError):
     """The input data cannot be clustered as given; the message says why and what to do."""
 
 
+class EmptyCellsError(InputError):
+    """Some cells have no counts at all; ``rows`` holds their positions (the command line leaves them out)."""
+
+    def __init__(self, message: str, rows: np.ndarray):
+        super().__init__(message)
+        self.rows = rows
+
+
 #: Largest value taken for log-scale expression. ``log1p`` of realistic normalised
 #: expression stays below about 20 (``log1p(1e6)`` is 13.8) and ``log2(x + 1)`` of TPM
 #: below about 25, while linear-scale TPM, RPKM, CPM or FPKM values of any real data set
@@ -235,14 +243,16 @@ def check_expression(adata: ad.AnnData, layer: str | None = None, *, chunk_cells
     digest.update("\n".join(map(str, adata.var_names)).encode())
     is_integer, largest = True, 0.0
     cells_per_gene = np.zeros(n_genes, np.int64)
-    for _, chunk in row_chunks(adata, chunk_cells, layer):
+    empty_rows = []
+    for start, chunk in row_chunks(adata, chunk_cells, layer):
         _check_values(chunk.data, layer)
-        _check_totals(np.asarray(chunk.sum(axis=1)).ravel())
+        empty_rows.append(start + np.flatnonzero(np.asarray(chunk.sum(axis=1)).ravel() <= 0))
         is_integer = is_integer and bool(np.all(chunk.data == np.round(chunk.data)))
         largest = max(largest, float(chunk.data.max()) if chunk.nnz else 0.0)
         cells_per_gene += np.bincount(chunk.indices[chunk.data > 0], minlength=n_genes)
         for part in (chunk.indptr, chunk.indices, chunk.data):
             digest.update(np.ascontiguousarray(part).tobytes())
+    _check_totals(np.concatenate(empty_rows), adata.obs_names)
     kind = value_kind(is_integer, largest)
     base = _log_base_of(adata, layer, chunk_cells) if kind == "log" else None
     if warn and kind != "counts":
@@ -334,12 +344,12 @@ def _check_values(values: np.ndarray, layer: str | None = None) -> None:
                          "(layer='counts', --layer counts).")
 
 
-def _check_totals(totals: np.ndarray) -> None:
-    n_empty = int(np.sum(totals <= 0))
-    if n_empty:
-        which = "1 cell has" if n_empty == 1 else f"{n_empty} cells have"
-        raise InputError(f"{which} no counts at all; drop them first, e.g. "
-                         "sc.pp.filter_cells(adata, min_counts=1).")
+def _check_totals(empty_rows: np.ndarray, cell_names) -> None:
+    """Refuse cells without any count (values are non-negative by now), naming a few."""
+    if empty_rows.size:
+        which = "1 cell has" if empty_rows.size == 1 else f"{empty_rows.size} cells have"
+        raise EmptyCellsError(f"{which} no counts at all (e.g. {list(map(str, cell_names[empty_rows[:3]]))}); "
+                              "drop them first, e.g. sc.pp.filter_cells(adata, min_counts=1).", empty_rows)
 
 
 def check_n_clusters(n_clusters: int | None, n_cells: int) -> None:

@@ -218,11 +218,29 @@ def test_repeated_gene_names_are_made_unique_with_a_warning(baron, tmp_path):
 # ------------------------------------------------------------------- scanpy's processed files
 
 
+def _cluster_files(files: dict, folder: Path) -> tuple[dict, dict]:
+    """Write each AnnData of ``files`` to ``folder``, cluster it with the command line (K = 3, tiny settings),
+    and return what each run wrote and the text of the warnings it gave."""
+    import anndata as ad
+
+    config = config_file(ScllmConfig.tiny(), folder)
+    written, said = {}, {}
+    for name, adata in files.items():
+        path, out = folder / f"{name}.h5ad", folder / f"out_{name}.h5ad"
+        adata.write_h5ad(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["cluster", str(path), "--out", str(out), "--n-clusters", "3", "--graph-only", "--quiet",
+                         "--config", str(config)]) in (0, None)
+        said[name] = " ".join(str(w.message) for w in caught)
+        written[name] = ad.read_h5ad(out)
+    return written, said
+
+
 def test_scaled_x_with_log_expression_in_raw_clusters_raw(baron, tmp_path):
     """scanpy's usual processed file: every gene's log expression in ``raw``, scaled variable genes in ``X``.
     The command line clusters ``raw`` with a warning, writes the clusters next to the scaled ``X`` (kept as it
     was), and gives the clusters that the same cells' counts give."""
-    import anndata as ad
     import scanpy as sc
 
     counts = baron[:200].copy()
@@ -233,22 +251,41 @@ def test_scaled_x_with_log_expression_in_raw_clusters_raw(baron, tmp_path):
     processed = processed[:, :500].copy()
     sc.pp.scale(processed, max_value=10)
     assert processed.X.min() < 0
-    paths = {"counts": tmp_path / "counts.h5ad", "processed": tmp_path / "processed.h5ad"}
-    counts.write_h5ad(paths["counts"])
-    processed.write_h5ad(paths["processed"])
-    config = config_file(ScllmConfig.tiny(), tmp_path)
-    written = {}
-    for name, path in paths.items():
-        out = tmp_path / f"out_{name}.h5ad"
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            assert main(["cluster", str(path), "--out", str(out), "--n-clusters", "3", "--graph-only", "--quiet",
-                         "--config", str(config)]) in (0, None)
-        said = " ".join(str(w.message) for w in caught)
-        assert ("clustering adata.raw (" in said) == (name == "processed")
-        written[name] = ad.read_h5ad(out)
+    written, said = _cluster_files({"counts": counts, "processed": processed}, tmp_path)
+    assert ["clustering adata.raw (" in said[name] for name in ("counts", "processed")] == [False, True]
     result = written["processed"]
     np.testing.assert_array_equal(result.X, processed.X)  # the scaled matrix is kept as it was
     assert result.uns["scllm"]["input"]["layer"] == "raw"
     assert result.uns["scllm"]["input"]["values"] == "log"
     np.testing.assert_array_equal(result.obs["scllm"].to_numpy(), written["counts"].obs["scllm"].to_numpy())
+
+
+def test_cells_without_counts_are_left_out_with_a_warning(baron, tmp_path):
+    """Empty droplets do not cost the whole run: the command line clusters the other cells exactly as it
+    clusters a file without them, leaves the empty ones without a cluster (missing label, NaN embedding rows),
+    says so, and records how many; the Python API still refuses them."""
+    import scipy.sparse as sp
+
+    from scllm_jax import tl
+    from scllm_jax.validation import InputError
+
+    cells = baron[:200].copy()
+    cells.X = sp.csr_matrix(cells.X)
+    empty = [7, 150]
+    with_empty = cells.copy()
+    dense = with_empty.X.toarray()
+    dense[empty] = 0
+    with_empty.X = sp.csr_matrix(dense)
+    without = with_empty[np.setdiff1d(np.arange(200), empty)].copy()
+    written, said = _cluster_files({"with_empty": with_empty, "without": without}, tmp_path)
+    assert ["2 cells have no counts at all" in said[name] for name in ("with_empty", "without")] == [True, False]
+    result = written["with_empty"]
+    assert result.n_obs == 200
+    labels = result.obs["scllm"]
+    assert list(np.flatnonzero(labels.isna())) == empty
+    assert np.isnan(result.obsm["X_scllm"][empty]).all() and not np.isnan(np.delete(result.obsm["X_scllm"], empty,
+                                                                                     axis=0)).any()
+    assert result.uns["scllm"]["input"]["cells_without_counts"] == 2
+    np.testing.assert_array_equal(labels.dropna().to_numpy(), written["without"].obs["scllm"].to_numpy())
+    with pytest.raises(InputError, match=r"2 cells have no counts at all"):
+        tl.cluster(with_empty, 3, config=ScllmConfig.tiny(), progress=False)
