@@ -224,7 +224,7 @@ def _results_into(adata, clustered, key: str, rows: np.ndarray | None) -> None:
 
     labels = clustered.obs[key]
     if rows is None:
-        adata.obs[key] = labels.to_numpy()  # a Categorical: taken by position, not by the index
+        adata.obs[key] = labels.array  # the Categorical itself: taken by position, not by the index
     else:
         codes = np.full(adata.n_obs, -1, dtype=np.int64)
         codes[rows] = labels.cat.codes.to_numpy()

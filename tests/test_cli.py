@@ -256,6 +256,7 @@ def test_scaled_x_with_log_expression_in_raw_clusters_raw(baron, tmp_path):
     result = written["processed"]
     np.testing.assert_array_equal(result.X, processed.X)  # the scaled matrix is kept as it was
     assert result.uns["scllm"]["input"]["layer"] == "raw"
+    assert result.obs["scllm"].dtype == "category"
     assert result.uns["scllm"]["input"]["values"] == "log"
     np.testing.assert_array_equal(result.obs["scllm"].to_numpy(), written["counts"].obs["scllm"].to_numpy())
 
@@ -282,6 +283,7 @@ def test_cells_without_counts_are_left_out_with_a_warning(baron, tmp_path):
     result = written["with_empty"]
     assert result.n_obs == 200
     labels = result.obs["scllm"]
+    assert labels.dtype == "category"
     assert list(np.flatnonzero(labels.isna())) == empty
     assert np.isnan(result.obsm["X_scllm"][empty]).all() and not np.isnan(np.delete(result.obsm["X_scllm"], empty,
                                                                                      axis=0)).any()
