@@ -17,13 +17,18 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def rb():
+def _benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` as a module for the tests of one file, then drop its folder from the path."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        yield importlib.import_module("run_benchmark")
+        yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def rb():
+    yield from _benchmark_script("run_benchmark")
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +218,54 @@ def test_selection_criteria_measures_both_partitions_and_summarises(data_dir, tm
     assert (rows[0]["chosen"] == "head") == (full and head["raw"] >= ward["raw"])
     printed = capsys.readouterr().out
     assert "pancreas_small" in printed and "oracle" in printed
+
+
+# ------------------------------------------------------------------- reference_candidates.py
+
+
+@pytest.fixture(scope="module")
+def rc():
+    yield from _benchmark_script("reference_candidates")
+
+
+def test_parallel_analysis_counts_the_planted_components(rc):
+    """Three planted directions in noise: three components stand above their permuted counterparts."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(400, 3)) * np.array([6.0, 5.0, 4.0])
+    loadings = np.linalg.qr(rng.normal(size=(200, 3)))[0].T * 10
+    inputs = rc.Inputs.__new__(rc.Inputs)  # only what the count reads
+    inputs.scaled = (scores @ loadings + rng.normal(size=(400, 200))).astype(np.float32)
+    inputs.pca, inputs.seed = np.zeros((400, 20)), 0
+    assert rc.parallel_analysis_count(inputs) == 3
+
+
+def test_consensus_of_agreeing_partitions_is_that_partition(rc):
+    """Co-association of partitions that agree (up to names) gives that partition back; a split of one block
+    in a minority of members does not survive."""
+    planted = np.repeat(np.arange(3), [50, 30, 20])
+    inputs = rc.Inputs.__new__(rc.Inputs)
+    inputs.n_clusters, inputs.seed = 3, 0
+    renamed = (planted + 1) % 3
+    split = planted.copy()
+    split[:25] = 3  # the largest block cut in two
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(planted, rc.consensus([planted, renamed, planted, split], inputs)) == 1.0
+
+
+def test_candidates_write_one_row_each_and_a_rerun_adds_none(rc, data_dir, tmp_path, capsys):
+    out = tmp_path / "candidates.tsv"
+    names = ["ward", "kmeans", "consensus_dims", "spectral_kmeans", "unit_ward", "pearson_ward"]
+    args = [str(data_dir / "pancreas_small.h5ad"), "--candidates", *names, "--out", str(out)]
+    assert rc.main(args) == 0
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [row["candidate"] for row in rows] == names
+    assert all(-1.0 <= float(row["ARI"]) <= 1.0 for row in rows)
+    ward = next(row for row in rows if row["candidate"] == "ward")
+    assert float(ward["ARI"]) > 0.5  # four pancreas types, Ward on the default's principal components
+    assert rc.main(args) == 0
+    with out.open() as handle:
+        assert len(list(csv.DictReader(handle, delimiter="\t"))) == len(names)
+    rc.main(["--summary", "--out", str(out)])
+    assert "ward" in capsys.readouterr().out
