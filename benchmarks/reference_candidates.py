@@ -57,21 +57,31 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "reference_candidates.tsv"
 
 
 class Inputs:
-    """What the candidates share for one data set: the default preprocessing, K, the cell graph."""
+    """What the candidates share for one data set: the default preprocessing, K, and what several of them
+    compute (the cell graph, the spectral embedding, ensemble members), each computed once when first asked."""
 
     def __init__(self, counts, n_clusters: int, seed: int):
         from scllm_jax.config import ScllmConfig
-        from scllm_jax.graph import knn_adjacency, knn_indices, neighbour_count
         from scllm_jax.preprocess import Preprocessor
 
         self.counts, self.n_clusters, self.seed = counts, n_clusters, seed
-        self.config = ScllmConfig(seed=seed, use_semantic=False)
-        self.preprocessor, prepared = Preprocessor.fit(counts.copy(), self.config)
+        self.preprocessor, prepared = Preprocessor.fit(counts.copy(), ScllmConfig(seed=seed, use_semantic=False))
         self.pca = np.asarray(prepared.pca, np.float64)
         self.scaled = np.asarray(prepared.expression, np.float32)
-        n_cells = self.pca.shape[0]
-        self.neighbours = {k: neighbour_count(n_cells, k, n_clusters) for k in (15, 30)}
-        self.graph = {k: knn_adjacency(knn_indices(self.pca, n, seed=seed)) for k, n in self.neighbours.items()}
+        self._kept: dict = {}
+
+    def once(self, key, compute: Callable[[], object]):
+        """``compute()``, run the first time ``key`` is asked for (every computation here is seeded)."""
+        if key not in self._kept:
+            self._kept[key] = compute()
+        return self._kept[key]
+
+    def graph(self, k: int):
+        """The kNN graph of the principal components with ``k`` neighbours, capped as the cell graph is."""
+        from scllm_jax.graph import knn_adjacency, knn_indices, neighbour_count
+
+        neighbours = neighbour_count(self.pca.shape[0], k, self.n_clusters)
+        return self.once(("graph", k), lambda: knn_adjacency(knn_indices(self.pca, neighbours, seed=self.seed)))
 
 
 def ward(space: np.ndarray, inputs: Inputs) -> np.ndarray:
@@ -95,6 +105,10 @@ def component_variances(matrix: np.ndarray, n_components: int, seed: int) -> np.
 
 def parallel_analysis_count(inputs: Inputs) -> int:
     """Leading components above their permuted-data counterparts (Horn 1965), at least 2."""
+    return inputs.once("parallel_analysis", lambda: _parallel_analysis_count(inputs))
+
+
+def _parallel_analysis_count(inputs: Inputs) -> int:
     n_components = inputs.pca.shape[1]
     rng = np.random.default_rng(inputs.seed)
     permuted = np.column_stack([rng.permutation(column) for column in inputs.scaled.T])
@@ -106,10 +120,14 @@ def parallel_analysis_count(inputs: Inputs) -> int:
 
 def spectral_embedding(inputs: Inputs) -> np.ndarray:
     """Top K eigenvectors of ``D^-1/2 A D^-1/2`` of the cell graph (no self loops)."""
+    return inputs.once("spectral", lambda: _spectral_embedding(inputs))
+
+
+def _spectral_embedding(inputs: Inputs) -> np.ndarray:
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
 
-    adjacency = sp.csr_matrix(inputs.graph[15], dtype=np.float64)
+    adjacency = sp.csr_matrix(inputs.graph(15), dtype=np.float64)
     adjacency.setdiag(0)
     adjacency.eliminate_zeros()
     scale = 1.0 / np.sqrt(np.maximum(np.asarray(adjacency.sum(axis=1)).ravel(), 1e-12))
@@ -138,30 +156,38 @@ def ensemble(inputs: Inputs, members: str) -> list[np.ndarray]:
     dims = sorted({d for d in (10, 20, 30, 40, n_components) if d <= n_components})
     partitions = []
     if members in ("dims", "dims_kmeans", "all"):
-        partitions += [ward(inputs.pca[:, :d], inputs) for d in dims]
+        partitions += [inputs.once(("ward", d), lambda: ward(inputs.pca[:, :d], inputs)) for d in dims]
     if members in ("dims_kmeans", "all"):
-        partitions += [kmeans(inputs.pca[:, :d], inputs) for d in dims]
+        partitions += [inputs.once(("kmeans", d), lambda: kmeans(inputs.pca[:, :d], inputs)) for d in dims]
     if members in ("pca_seeds", "all"):
-        from sklearn.decomposition import PCA
-
         if members == "pca_seeds":
-            partitions.append(ward(inputs.pca, inputs))
-        for offset in range(1, 5):
-            other = PCA(n_components=n_components, svd_solver="randomized",
-                        random_state=inputs.seed * 100 + offset).fit_transform(inputs.scaled)
-            partitions.append(ward(other, inputs))
+            partitions.append(inputs.once(("ward", n_components), lambda: ward(inputs.pca, inputs)))
+        partitions += [inputs.once(("ward_pca_seed", offset), lambda: ward(other_pca(inputs, offset), inputs))
+                       for offset in range(1, 5)]
     return partitions
+
+
+def other_pca(inputs: Inputs, offset: int) -> np.ndarray:
+    """The principal components of the same scaled expression from another seed of the randomised solver."""
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=inputs.pca.shape[1], svd_solver="randomized",
+               random_state=inputs.seed * 100 + offset).fit_transform(inputs.scaled)
 
 
 def structured_ward(inputs: Inputs, k: int) -> np.ndarray:
     from sklearn.cluster import AgglomerativeClustering
 
     return AgglomerativeClustering(n_clusters=inputs.n_clusters, linkage="ward",
-                                   connectivity=inputs.graph[k]).fit_predict(inputs.pca)
+                                   connectivity=inputs.graph(k)).fit_predict(inputs.pca)
 
 
 def pearson_components(inputs: Inputs) -> np.ndarray | None:
     """50 principal components of analytic Pearson residuals of the variable genes; ``None`` unless counts."""
+    return inputs.once("pearson", lambda: _pearson_components(inputs))
+
+
+def _pearson_components(inputs: Inputs) -> np.ndarray | None:
     import scanpy as sc
     import scipy.sparse as sp
     from sklearn.decomposition import PCA

@@ -235,7 +235,7 @@ def test_parallel_analysis_counts_the_planted_components(rc):
     loadings = np.linalg.qr(rng.normal(size=(200, 3)))[0].T * 10
     inputs = rc.Inputs.__new__(rc.Inputs)  # only what the count reads
     inputs.scaled = (scores @ loadings + rng.normal(size=(400, 200))).astype(np.float32)
-    inputs.pca, inputs.seed = np.zeros((400, 20)), 0
+    inputs.pca, inputs.seed, inputs._kept = np.zeros((400, 20)), 0, {}
     assert rc.parallel_analysis_count(inputs) == 3
 
 

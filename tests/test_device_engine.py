@@ -14,12 +14,11 @@ from flax import nnx
 from scllm_jax.config import ScllmConfig
 from scllm_jax.device_rows import (csr_on_device, csr_row_slots, expression_on_device, largest_piece_share,
                                    piece_of_rows, scaled_rows)
-from scllm_jax.graph import device_knn, graph_from_adjacency, knn_indices, normalized_adjacency
+from scllm_jax.graph import device_knn, graph_from_adjacency, knn_indices, normalized_adjacency, propagate
 from scllm_jax.minibatch import embed_all, minibatch_data, plan_budgets, put_batches, with_table
 from scllm_jax.modules import ScllmNetwork
 from scllm_jax.parallel import data_mesh
 from scllm_jax.preprocess import ScaledExpression, _DeviceBlocks
-from scllm_jax.graph import propagate
 from scllm_jax.step import WholeGraph, gather_batch, loss_terms, make_embed, padded_edge_count, whole_graph_tables
 
 
