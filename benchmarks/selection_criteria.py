@@ -7,14 +7,18 @@ partition and Ward's clustering of the principal components, each with
 - its ARI against the labels (labels only score);
 - its neighbourhood agreement (:func:`scllm_jax.partition.neighbourhood_agreement`) on
   the principal components' and on the clustering space's ``min(10, graph)`` nearest
-  neighbours, the expected agreement of a random partition of the same cluster sizes
+  neighbours, and on those of a third space that is neither partition's home: the
+  correlation of the cells' log-normalised variable genes (``agreement_expression``);
+  the expected agreement of a random partition of the same cluster sizes
   (``sum p_c^2``), modularity on the cell graph, the clusters filled and the largest
   cluster's share.
 
 ``--summary`` then says which partition each criterion picks on every set and the mean
 ARI of what it would report: ``raw`` (the default, mean agreement over the two spaces),
 ``kappa`` (each agreement chance-corrected, ``(a - e) / (1 - e)``), ``diff`` (``a - e``),
-``pca_only``, ``kappa_pca``, ``diff_pca`` and ``modularity``; a head that left clusters
+``pca_only``, ``kappa_pca``, ``diff_pca``, ``modularity``, and ``three_spaces`` (the mean
+agreement over the principal components, the clustering space and the expression's
+correlation; rows written before that column existed leave it out); a head that left clusters
 empty is never picked, as in the default. ``oracle`` is the better of the two per set.
 
 Rows are appended to ``benchmarks/results/selection_criteria.tsv``; a rerun skips the
@@ -41,10 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 PARTITIONS = ("head", "ward")
-MEASURES = ("ari", "agreement_pca", "agreement_space", "expected_agreement", "modularity", "filled",
-            "largest_share")
+MEASURES = ("ari", "agreement_pca", "agreement_space", "agreement_expression", "expected_agreement", "modularity",
+            "filled", "largest_share")
 COLUMNS = ["dataset", "seed", "n_cells", "K", "chosen"] + [f"{p}_{m}" for p in PARTITIONS for m in MEASURES]
-CRITERIA = ("raw", "kappa", "diff", "pca_only", "kappa_pca", "diff_pca", "modularity")
+CRITERIA = ("raw", "kappa", "diff", "pca_only", "kappa_pca", "diff_pca", "modularity", "three_spaces")
 
 
 def measure(path: Path, seed: int) -> dict:
@@ -64,6 +68,7 @@ def measure(path: Path, seed: int) -> dict:
     pca, space = model.prepared_.pca, np.asarray(model.result.embedding, np.float32)
     k = min(model.config.clustering.selection_neighbors, model.graph_neighbors_)
     near_pca, near_space = knn_indices(pca, k, seed=seed), knn_indices(space, k, seed=seed)
+    near_expression = knn_indices(correlation_rows(model.prepared_.log_expression), k, seed=seed)
     graph = knn_adjacency(knn_indices(pca, model.graph_neighbors_, seed=seed))
     partitions = {"head": model.result.assignment.argmax(axis=1),
                   "ward": reference_labels(pca, n_clusters, reference="ward", seed=seed, n_init=10)}
@@ -74,42 +79,58 @@ def measure(path: Path, seed: int) -> dict:
         values = {"ari": adjusted_rand_score(truth, labels),
                   "agreement_pca": neighbourhood_agreement(near_pca, labels),
                   "agreement_space": neighbourhood_agreement(near_space, labels),
+                  "agreement_expression": neighbourhood_agreement(near_expression, labels),
                   "expected_agreement": float(np.sum(shares ** 2)), "modularity": modularity(graph, labels),
                   "filled": int(np.sum(shares > 0)), "largest_share": float(shares.max())}
         row.update({f"{name}_{m}": round(v, 4) if isinstance(v, float) else v for m, v in values.items()})
     return row
 
 
+def correlation_rows(log_expression) -> np.ndarray:
+    """Rows centred and scaled to unit length: Euclidean neighbours are then the most correlated cells."""
+    rows = np.asarray(log_expression.todense() if hasattr(log_expression, "todense") else log_expression, np.float32)
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def criteria_of(row: dict) -> tuple[str, ...]:
+    """The criteria a row can be judged by (rows from before ``agreement_expression`` lack ``three_spaces``)."""
+    return CRITERIA if row.get("head_agreement_expression") else CRITERIA[:-1]
+
+
 def scores(row: dict, name: str) -> dict[str, float]:
     """Each criterion's value for one partition of a row (higher is better)."""
     pca, space = float(row[f"{name}_agreement_pca"]), float(row[f"{name}_agreement_space"])
     expected = float(row[f"{name}_expected_agreement"])
+    expression = row.get(f"{name}_agreement_expression")
+    three = {"three_spaces": (pca + space + float(expression)) / 3} if expression else {}
 
     def kappa(value: float) -> float:
         return (value - expected) / (1.0 - expected)
 
     return {"raw": (pca + space) / 2, "kappa": (kappa(pca) + kappa(space)) / 2, "diff": (pca + space) / 2 - expected,
             "pca_only": pca, "kappa_pca": kappa(pca), "diff_pca": pca - expected,
-            "modularity": float(row[f"{name}_modularity"])}
+            "modularity": float(row[f"{name}_modularity"]), **three}
 
 
 def summary(path: Path) -> None:
     """Print which partition each criterion picks per set, and the mean ARI it would report."""
     with path.open() as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    totals = dict.fromkeys(CRITERIA, 0.0)
+    criteria = min((criteria_of(row) for row in rows), key=len, default=CRITERIA)
+    totals = dict.fromkeys(criteria, 0.0)
     oracle = 0.0
-    print(f"{'dataset':28s} {'head':>6s} {'ward':>6s} " + " ".join(f"{c:>10s}" for c in CRITERIA))
+    print(f"{'dataset':28s} {'seed':>4s} {'head':>6s} {'ward':>6s} " + " ".join(f"{c:>12s}" for c in criteria))
     for row in rows:
         head, ward = scores(row, "head"), scores(row, "ward")
         full = int(row["head_filled"]) == int(row["K"])
-        picks = {c: "head" if full and head[c] >= ward[c] else "ward" for c in CRITERIA}
-        for c in CRITERIA:
+        picks = {c: "head" if full and head[c] >= ward[c] else "ward" for c in criteria}
+        for c in criteria:
             totals[c] += float(row[f"{picks[c]}_ari"])
         oracle += max(float(row["head_ari"]), float(row["ward_ari"]))
-        print(f"{row['dataset']:28s} {float(row['head_ari']):6.3f} {float(row['ward_ari']):6.3f} "
-              + " ".join(f"{picks[c]:>10s}" for c in CRITERIA))
-    print("mean ARI of what each criterion reports over", len(rows), "sets:",
+        print(f"{row['dataset']:28s} {row['seed']:>4s} {float(row['head_ari']):6.3f} {float(row['ward_ari']):6.3f} "
+              + " ".join(f"{picks[c]:>12s}" for c in criteria))
+    print("mean ARI of what each criterion reports over", len(rows), "(data set, seed) rows:",
           ", ".join(f"{c} {v / len(rows):.4f}" for c, v in totals.items()), f"| oracle {oracle / len(rows):.4f}")
 
 

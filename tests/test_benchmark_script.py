@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -159,7 +160,6 @@ def test_neighbors_workaround_gives_scanpy_graph(rb, monkeypatch):
     """
     import anndata as ad
     import scanpy as sc
-    import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=4.0, size=(6, 10))
@@ -194,13 +194,13 @@ def test_permuted_symbols_control_fits_on_permuted_names(rb, data_dir, monkeypat
     assert "scllm_permuted_symbols" in rb.ABLATIONS  # only where there are symbols to permute
 
 
-def test_selection_criteria_measures_both_partitions_and_summarises(data_dir, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def criteria():
+    yield from _benchmark_script("selection_criteria")
+
+
+def test_selection_criteria_measures_both_partitions_and_summarises(criteria, data_dir, tmp_path, capsys):
     """``benchmarks/selection_criteria.py``: one real fit, both partitions measured, each criterion's pick."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        criteria = importlib.import_module("selection_criteria")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
     out = tmp_path / "criteria.tsv"
     path = data_dir / "pancreas_small.h5ad"
     assert criteria.main([str(path), "--out", str(out)]) == 0
@@ -212,12 +212,28 @@ def test_selection_criteria_measures_both_partitions_and_summarises(data_dir, tm
         shares = float(rows[0][f"{name}_largest_share"])
         assert 0.25 <= shares <= 1.0 and float(rows[0][f"{name}_expected_agreement"]) <= shares + 1e-4
         assert -1.0 <= float(rows[0][f"{name}_ari"]) <= 1.0
+        assert 0.0 <= float(rows[0][f"{name}_agreement_expression"]) <= 1.0
     # The default criterion reproduces the fit's own choice.
     head, ward = criteria.scores(rows[0], "head"), criteria.scores(rows[0], "ward")
     full = int(rows[0]["head_filled"]) == 4
     assert (rows[0]["chosen"] == "head") == (full and head["raw"] >= ward["raw"])
+    expected_three = (float(rows[0]["head_agreement_pca"]) + float(rows[0]["head_agreement_space"])
+                      + float(rows[0]["head_agreement_expression"])) / 3
+    assert head["three_spaces"] == pytest.approx(expected_three)
     printed = capsys.readouterr().out
-    assert "pancreas_small" in printed and "oracle" in printed
+    assert "pancreas_small" in printed and "oracle" in printed and "three_spaces" in printed
+
+
+def test_correlation_rows_rank_neighbours_by_correlation(criteria):
+    """Euclidean distance between the centred unit rows orders cells as their correlation does."""
+    rng = np.random.default_rng(0)
+    cells = rng.gamma(1.0, size=(6, 40)).astype(np.float32)
+    cells[1] = 3.0 * cells[0] + 2.0  # perfectly correlated with cell 0, far from it in plain distance
+    rows = criteria.correlation_rows(sp.csr_matrix(cells))
+    distances = np.linalg.norm(rows[0] - rows, axis=1)
+    assert np.argsort(distances)[1] == 1 and distances[1] == pytest.approx(0.0, abs=1e-5)
+    correlations = np.corrcoef(cells)[0]
+    assert np.array_equal(np.argsort(distances), np.argsort(-correlations))
 
 
 # ------------------------------------------------------------------- reference_candidates.py
