@@ -19,6 +19,7 @@ Examples
 --------
     python benchmarks/stress_sets.py                        # all dev sets, subsample seeds 0 1
     python benchmarks/stress_sets.py --small 120            # uniform 120-cell subsamples, seed 0
+    python benchmarks/stress_sets.py --balanced 150 --seeds 0 1   # equal types, to benchmarks/balanced_data
     python benchmarks/run_benchmark.py --data-dir benchmarks/stress_data --out-dir benchmarks/results/stress
 """
 
@@ -34,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_OUT = REPO / "benchmarks" / "stress_data"
 DEFAULT_SMALL_OUT = REPO / "benchmarks" / "small_data"
+DEFAULT_BALANCED_OUT = REPO / "benchmarks" / "balanced_data"
+#: A balanced set keeps the types with at least this many cells.
+BALANCED_MIN_CELLS = 40
 LABEL_KEY = "cell_type"
 #: Fraction of cells of the dominant type, by subsample seed (cycled).
 DOMINANT_FRACTIONS = (0.5, 0.6, 0.7)
@@ -96,6 +100,26 @@ def small_subsample(labels: np.ndarray, n_cells: int, seed: int, min_cells: int 
     return rows[np.isin(labels[rows], kinds[counts >= min_cells])]
 
 
+def balanced_subsample(labels: np.ndarray, per_type: int, seed: int,
+                       min_cells: int = BALANCED_MIN_CELLS) -> np.ndarray:
+    """Indices of a subsample in which every kept type has the same number of cells.
+
+    The mirror of the stress sets: methods that favour one large cluster (Ward
+    builds a large type from its own merges) show it where no type dominates,
+    as in cell-line mixtures, sorted populations and cell-cycle phases. Types
+    with fewer than ``min_cells`` cells are dropped; each kept type gives
+    ``min(per_type, its smallest kept type's size)`` random cells.
+    """
+    rng = np.random.default_rng(seed)
+    kinds, counts = np.unique(labels, return_counts=True)
+    kept = kinds[counts >= min_cells]
+    if kept.size < 2:
+        raise ValueError(f"fewer than two types with {min_cells} cells or more")
+    size = min(per_type, int(counts[counts >= min_cells].min()))
+    rows = [rng.choice(np.flatnonzero(labels == kind), size, replace=False) for kind in kept]
+    return np.sort(np.concatenate(rows))
+
+
 def _write_subset(adata, rows: np.ndarray, target: Path, source: str):
     """Write ``adata[rows]`` to ``target`` with its labels as a category and ``source`` recorded; returns the subset."""
     subset = adata[rows].copy()
@@ -145,6 +169,27 @@ def write_small_sets(data_dir: Path, out_dir: Path, n_cells: int, seed: int = 0,
     return written
 
 
+def write_balanced_sets(data_dir: Path, out_dir: Path, per_type: int, seeds: list[int],
+                        datasets: list[str] | None = None) -> list[Path]:
+    """Write one balanced subsample (:func:`balanced_subsample`) per dataset and seed; returns the paths."""
+    import anndata as ad
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(p for p in data_dir.glob("*.h5ad") if datasets is None or p.stem in datasets):
+        adata = ad.read_h5ad(path)
+        labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
+        for seed in seeds:
+            target = out_dir / f"{path.stem}_balanced{seed}.h5ad"
+            subset = _write_subset(adata, balanced_subsample(labels, per_type, seed), target,
+                                   f"{path.name}: balanced subsample, at most {per_type} cells of each type "
+                                   f"with {BALANCED_MIN_CELLS} or more, seed {seed}")
+            sizes = subset.obs[LABEL_KEY].value_counts().to_numpy()
+            print(f"{target.name}: {subset.n_obs} cells, {len(sizes)} types of {sizes[0]} cells")
+            written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help=f"source .h5ad folder ({DEFAULT_DATA})")
@@ -154,7 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=None, metavar="N",
                         help="instead, write uniform subsamples of N cells (seed: the first of --seeds), "
                              f"to {DEFAULT_SMALL_OUT} unless --out-dir is given")
+    parser.add_argument("--balanced", type=int, default=None, metavar="N",
+                        help="instead, write balanced subsamples, at most N cells of each type (one set per seed), "
+                             f"to {DEFAULT_BALANCED_OUT} unless --out-dir is given")
     args = parser.parse_args(argv)
+    if args.balanced is not None:
+        out_dir = args.out_dir if args.out_dir != DEFAULT_OUT else DEFAULT_BALANCED_OUT
+        write_balanced_sets(args.data_dir, out_dir, args.balanced, args.seeds, args.datasets)
+        return 0
     if args.small is not None:
         out_dir = args.out_dir if args.out_dir != DEFAULT_OUT else DEFAULT_SMALL_OUT
         write_small_sets(args.data_dir, out_dir, args.small, args.seeds[0], args.datasets)

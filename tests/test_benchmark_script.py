@@ -285,3 +285,35 @@ def test_candidates_write_one_row_each_and_a_rerun_adds_none(rc, data_dir, tmp_p
         assert len(list(csv.DictReader(handle, delimiter="\t"))) == len(names)
     rc.main(["--summary", "--out", str(out)])
     assert "ward" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ stress_sets.py
+
+
+@pytest.fixture(scope="module")
+def stress_sets():
+    yield from _benchmark_script("stress_sets")
+
+
+def test_balanced_subsample_gives_every_kept_type_the_same_count(stress_sets):
+    """Types of 300, 120 and 55 cells are cut to 55 each; a type of 10 cells is dropped; the seed fixes the draw."""
+    labels = np.repeat(np.array(["big", "mid", "small", "rare"]), [300, 120, 55, 10])
+    rows = stress_sets.balanced_subsample(labels, per_type=150, seed=0, min_cells=40)
+    kinds, counts = np.unique(labels[rows], return_counts=True)
+    assert kinds.tolist() == ["big", "mid", "small"] and counts.tolist() == [55, 55, 55]
+    assert np.array_equal(rows, np.unique(rows))  # sorted, no cell twice
+    capped = stress_sets.balanced_subsample(labels, per_type=20, seed=0, min_cells=40)
+    assert np.unique(labels[capped], return_counts=True)[1].tolist() == [20, 20, 20]
+    assert np.array_equal(rows, stress_sets.balanced_subsample(labels, per_type=150, seed=0, min_cells=40))
+    assert not np.array_equal(capped, stress_sets.balanced_subsample(labels, per_type=20, seed=1, min_cells=40))
+    with pytest.raises(ValueError, match="fewer than two types"):
+        stress_sets.balanced_subsample(labels, per_type=150, seed=0, min_cells=200)
+
+
+def test_stress_subsample_gives_the_dominant_type_its_fraction(stress_sets):
+    """The largest type holds the asked fraction of the subsample (within one cell)."""
+    labels = np.repeat(np.array(["a", "b", "c", "d", "e"]), [400, 300, 200, 100, 50])
+    for fraction in stress_sets.DOMINANT_FRACTIONS:
+        kept = labels[stress_sets.stress_subsample(labels, fraction, seed=0)]
+        kinds, counts = np.unique(kept, return_counts=True)
+        assert abs(counts.max() - fraction * kept.size) <= 1.0 and kinds.size >= 3
