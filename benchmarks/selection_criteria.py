@@ -59,7 +59,7 @@ def measure(path: Path, seed: int) -> dict:
     from scllm_jax import ScllmModel
     from scllm_jax.config import ScllmConfig
     from scllm_jax.graph import knn_adjacency, knn_indices
-    from scllm_jax.partition import modularity, neighbourhood_agreement, reference_labels
+    from scllm_jax.partition import correlation_rows, modularity, neighbourhood_agreement, reference_labels
 
     adata = ad.read_h5ad(path)
     truth = adata.obs.pop("cell_type").astype(str).to_numpy()  # labels leave the data: used only to score
@@ -84,13 +84,6 @@ def measure(path: Path, seed: int) -> dict:
                   "filled": int(np.sum(shares > 0)), "largest_share": float(shares.max())}
         row.update({f"{name}_{m}": round(v, 4) if isinstance(v, float) else v for m, v in values.items()})
     return row
-
-
-def correlation_rows(log_expression) -> np.ndarray:
-    """Rows centred and scaled to unit length: Euclidean neighbours are then the most correlated cells."""
-    rows = np.asarray(log_expression.todense() if hasattr(log_expression, "todense") else log_expression, np.float32)
-    rows = rows - rows.mean(axis=1, keepdims=True)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def criteria_of(row: dict) -> tuple[str, ...]:

@@ -393,6 +393,11 @@ class ClusteringConfig:
         the seed on data with many near-equal optima).
     selection_neighbors
         Neighbours per cell that the final selection counts.
+    selection_expression_space
+        Count, as a third space of the final selection, the neighbourhoods
+        of the correlation of the cells' log-normalised variable genes (home
+        to neither the head nor the reference); off, the selection counts
+        only the principal components and the clustering space.
     """
 
     leiden_resolution: float = 1.0
@@ -402,6 +407,7 @@ class ClusteringConfig:
     final_selection: Literal["neighbourhood", "head"] = "neighbourhood"
     reference_clustering: Literal["ward", "kmeans"] = "ward"
     selection_neighbors: int = 10
+    selection_expression_space: bool = True
 
     def __post_init__(self) -> None:
         problems: list[str] = []

@@ -171,7 +171,8 @@ class ScllmModel:
                                  method=clustering.final_selection, seed=config.seed, n_init=clustering.kmeans_n_init,
                                  n_neighbors=min(clustering.selection_neighbors, self.graph_neighbors_),
                                  reference=clustering.reference_clustering,
-                                 exact_max_cells=config.graph.exact_knn_max_cells)
+                                 exact_max_cells=config.graph.exact_knn_max_cells,
+                                 expression=prepared.log_expression if clustering.selection_expression_space else None)
         self.timings["selection"] = time.perf_counter() - start_selection
         logger.info("final partition: %s, in %.1f s", choice.chosen, self.timings["selection"])
         self.result.labels, self.selection_ = choice.labels, choice.summary()

@@ -224,18 +224,6 @@ def test_selection_criteria_measures_both_partitions_and_summarises(criteria, da
     assert "pancreas_small" in printed and "oracle" in printed and "three_spaces" in printed
 
 
-def test_correlation_rows_rank_neighbours_by_correlation(criteria):
-    """Euclidean distance between the centred unit rows orders cells as their correlation does."""
-    rng = np.random.default_rng(0)
-    cells = rng.gamma(1.0, size=(6, 40)).astype(np.float32)
-    cells[1] = 3.0 * cells[0] + 2.0  # perfectly correlated with cell 0, far from it in plain distance
-    rows = criteria.correlation_rows(sp.csr_matrix(cells))
-    distances = np.linalg.norm(rows[0] - rows, axis=1)
-    assert np.argsort(distances)[1] == 1 and distances[1] == pytest.approx(0.0, abs=1e-5)
-    correlations = np.corrcoef(cells)[0]
-    assert np.array_equal(np.argsort(distances), np.argsort(-correlations))
-
-
 # ------------------------------------------------------------------- reference_candidates.py
 
 

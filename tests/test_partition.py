@@ -8,8 +8,9 @@ from scllm_jax.graph import knn_adjacency, knn_indices
 from scllm_jax.n_clusters import leiden_with_n_clusters
 from sklearn.metrics import adjusted_rand_score
 
-from scllm_jax.partition import (assign_by_neighbours, final_partition, initial_partition, merge_by_modularity,
-                                 modularity, neighbourhood_agreement, separation, ward_labels, weighted_ward)
+from scllm_jax.partition import (assign_by_neighbours, correlation_rows, final_partition, initial_partition,
+                                 merge_by_modularity, modularity, neighbourhood_agreement, separation, ward_labels,
+                                 weighted_ward)
 
 
 def planted_graph(sizes, p_in=0.5, p_out=0.01, seed=0):
@@ -165,6 +166,51 @@ def test_final_partition_never_reports_a_head_that_left_clusters_empty():
                              n_neighbors=10)
     assert choice.scores["head"] >= choice.scores["pca_ward"]
     assert choice.chosen == "pca_ward" and choice.head_clusters == 4
+
+
+def test_correlation_rows_rank_neighbours_by_correlation():
+    """Euclidean distance between the centred unit rows orders cells as their correlation does."""
+    rng = np.random.default_rng(0)
+    cells = rng.gamma(1.0, size=(6, 40)).astype(np.float32)
+    cells[1] = 3.0 * cells[0] + 2.0  # perfectly correlated with cell 0, far from it in plain distance
+    rows = correlation_rows(sp.csr_matrix(cells))
+    distances = np.linalg.norm(rows[0] - rows, axis=1)
+    assert np.argsort(distances)[1] == 1 and distances[1] == pytest.approx(0.0, abs=1e-5)
+    assert np.array_equal(np.argsort(distances), np.argsort(-np.corrcoef(cells)[0]))
+
+
+@pytest.mark.parametrize("max_cells", [10_000, 200])
+def test_the_expression_space_outvotes_the_heads_home_advantage(monkeypatch, max_cells):
+    """A type that is two lumps in the principal components but one profile in the expression: the head halves it
+    (and joins two small types to keep K), and its own clustering space fits it perfectly. Counted over two spaces
+    the head wins; the expression's correlation, home to neither partition, sides with the reference."""
+    import scllm_jax.partition as partition
+
+    rng = np.random.default_rng(5)
+    centres = np.array([[-3.0, 0.0], [3.0, 0.0], [14.0, 0.0], [0.0, 14.0], [14.0, 14.0], [-14.0, 14.0]])
+    sizes = [150, 150, 25, 20, 10, 8]
+    cells = np.vstack([rng.normal(c, 1.0, (n, 2)) for c, n in zip(centres, sizes)])
+    truth = np.repeat([0, 0, 1, 2, 3, 4], sizes)
+    monkeypatch.setattr(partition, "reference_labels", lambda *args, **kwargs: truth)
+    head = truth.copy()
+    head[(truth == 0) & (cells[:, 0] > 0)] = 4
+    head[truth == 4] = 3
+    # The head's home: its own clusters as far-apart points, so every neighbourhood there agrees with it.
+    embedding = 10.0 * np.eye(5)[head] + rng.normal(0, 0.1, (truth.size, 5))
+    # Expression: each type's own profile over 60 genes, counts-like noise on top.
+    profiles = rng.gamma(2.0, 1.0, (5, 60))
+    expression = sp.csr_matrix(rng.poisson(3.0 * profiles[truth]).astype(np.float32))
+    neighbours = knn_indices(cells, 15)
+    two = final_partition(head, cells, neighbours, embedding, 5, method="neighbourhood", seed=0, n_init=1,
+                          n_neighbors=10)
+    assert two.chosen == "head" and "head_on_expression" not in two.scores
+    three = final_partition(head, cells, neighbours, embedding, 5, method="neighbourhood", seed=0, n_init=1,
+                            n_neighbors=10, expression=expression, expression_max_cells=max_cells)
+    assert three.chosen == "pca_ward"
+    np.testing.assert_array_equal(three.labels, truth)
+    assert three.scores["pca_ward_on_expression"] > three.scores["head_on_expression"]
+    expected = np.mean([three.scores[f"head_on_{space}"] for space in ("pca", "embedding", "expression")])
+    assert three.scores["head"] == pytest.approx(expected)
 
 
 def test_weighted_ward_with_unit_weights_is_wards_linkage():
