@@ -521,9 +521,9 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
         if n_cells > expression_max_cells:
             subset = np.sort(np.random.default_rng(seed).choice(n_cells, expression_max_cells, replace=False))
         rows = correlation_rows(expression if subset is None else expression[subset])
-        spaces["expression"] = (subset, knn_indices(rows, min(n_neighbors, rows.shape[0] - 1), seed=seed))
-    logger.info("reference clustering (%s) in %.1f s, neighbours in the clustering space in %.1f s", reference,
-                reference_seconds, time.perf_counter() - start)
+        spaces["expression"] = (subset, knn_indices(rows, n_neighbors, seed=seed))
+    logger.info("reference clustering (%s) in %.1f s, neighbours in the %s in %.1f s", reference,
+                reference_seconds, " and ".join(name for name in spaces if name != "pca"), time.perf_counter() - start)
     head_clusters = int(np.unique(head_labels).size)
     scores = {}
     for name, labels in (("head", head_labels), (reference_name, pca_labels)):
