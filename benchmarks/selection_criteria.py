@@ -18,7 +18,8 @@ ARI of what it would report: ``raw`` (the default, mean agreement over the two s
 ``kappa`` (each agreement chance-corrected, ``(a - e) / (1 - e)``), ``diff`` (``a - e``),
 ``pca_only``, ``kappa_pca``, ``diff_pca``, ``modularity``, and ``three_spaces`` (the mean
 agreement over the principal components, the clustering space and the expression's
-correlation; rows written before that column existed leave it out); a head that left clusters
+correlation) and ``kappa_three_spaces`` (the same three, each chance-corrected; rows
+written before the expression's column existed leave both out); a head that left clusters
 empty is never picked, as in the default. ``oracle`` is the better of the two per set.
 
 Rows are appended to ``benchmarks/results/selection_criteria.tsv``; a rerun skips the
@@ -48,7 +49,10 @@ PARTITIONS = ("head", "ward")
 MEASURES = ("ari", "agreement_pca", "agreement_space", "agreement_expression", "expected_agreement", "modularity",
             "filled", "largest_share")
 COLUMNS = ["dataset", "seed", "n_cells", "K", "chosen"] + [f"{p}_{m}" for p in PARTITIONS for m in MEASURES]
-CRITERIA = ("raw", "kappa", "diff", "pca_only", "kappa_pca", "diff_pca", "modularity", "three_spaces")
+CRITERIA = ("raw", "kappa", "diff", "pca_only", "kappa_pca", "diff_pca", "modularity", "three_spaces",
+            "kappa_three_spaces")
+#: The criteria that need the third space's agreement (older rows lack it).
+THREE_SPACE_CRITERIA = ("three_spaces", "kappa_three_spaces")
 
 
 def measure(path: Path, seed: int) -> dict:
@@ -87,8 +91,10 @@ def measure(path: Path, seed: int) -> dict:
 
 
 def criteria_of(row: dict) -> tuple[str, ...]:
-    """The criteria a row can be judged by (rows from before ``agreement_expression`` lack ``three_spaces``)."""
-    return CRITERIA if row.get("head_agreement_expression") else CRITERIA[:-1]
+    """The criteria a row can be judged by (rows from before ``agreement_expression`` lack the three-space ones)."""
+    if row.get("head_agreement_expression"):
+        return CRITERIA
+    return tuple(c for c in CRITERIA if c not in THREE_SPACE_CRITERIA)
 
 
 def scores(row: dict, name: str) -> dict[str, float]:
@@ -96,10 +102,14 @@ def scores(row: dict, name: str) -> dict[str, float]:
     pca, space = float(row[f"{name}_agreement_pca"]), float(row[f"{name}_agreement_space"])
     expected = float(row[f"{name}_expected_agreement"])
     expression = row.get(f"{name}_agreement_expression")
-    three = {"three_spaces": (pca + space + float(expression)) / 3} if expression else {}
 
     def kappa(value: float) -> float:
         return (value - expected) / (1.0 - expected)
+
+    three = {}
+    if expression:
+        three = {"three_spaces": (pca + space + float(expression)) / 3,
+                 "kappa_three_spaces": (kappa(pca) + kappa(space) + kappa(float(expression))) / 3}
 
     return {"raw": (pca + space) / 2, "kappa": (kappa(pca) + kappa(space)) / 2, "diff": (pca + space) / 2 - expected,
             "pca_only": pca, "kappa_pca": kappa(pca), "diff_pca": pca - expected,

@@ -398,6 +398,12 @@ class ClusteringConfig:
         of the correlation of the cells' log-normalised variable genes (home
         to neither the head nor the reference); off, the selection counts
         only the principal components and the clustering space.
+    selection_chance_corrected
+        Score each space's agreement against chance, ``(a - e) / (1 - e)``
+        with ``e`` the agreement of a random partition of the same cluster
+        sizes (the sum of the squared cluster shares), as Cohen's kappa
+        does: the raw agreement rises as clusters merge (one cluster scores
+        1), so it favours a partition with one big cluster.
     """
 
     leiden_resolution: float = 1.0
@@ -408,6 +414,7 @@ class ClusteringConfig:
     reference_clustering: Literal["ward", "kmeans"] = "ward"
     selection_neighbors: int = 10
     selection_expression_space: bool = True
+    selection_chance_corrected: bool = False
 
     def __post_init__(self) -> None:
         problems: list[str] = []

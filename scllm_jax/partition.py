@@ -368,6 +368,23 @@ def neighbourhood_agreement(neighbours: np.ndarray, labels: np.ndarray) -> float
     return float(np.mean(labels[neighbours] == labels[:, None]))
 
 
+def chance_agreement(labels: np.ndarray) -> float:
+    """Agreement expected of a random partition with these cluster sizes: the sum of the squared cluster shares.
+
+    Parameters
+    ----------
+    labels
+        Cluster of each cell.
+    """
+    shares = np.unique(np.asarray(labels), return_counts=True)[1] / np.asarray(labels).size
+    return float(np.sum(shares ** 2))
+
+
+def chance_corrected(agreement: float, expected: float) -> float:
+    """``(agreement - expected) / (1 - expected)`` (Cohen's kappa); 0 for a single cluster, which any partition matches."""
+    return 0.0 if expected >= 1.0 else (agreement - expected) / (1.0 - expected)
+
+
 @dataclasses.dataclass
 class FinalChoice:
     """The partition a fit reports, and how it was chosen.
@@ -453,7 +470,8 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
                     embedding: np.ndarray, n_clusters: int, *, method: str, seed: int, n_init: int,
                     n_neighbors: int, reference: str = "ward", max_cells: int = KMEANS_MAX_CELLS,
                     exact_max_cells: int = 50_000, expression=None,
-                    expression_max_cells: int = EXPRESSION_SELECTION_MAX_CELLS) -> FinalChoice:
+                    expression_max_cells: int = EXPRESSION_SELECTION_MAX_CELLS,
+                    chance_corrected_agreement: bool = False) -> FinalChoice:
     """The trained head's partition, or a clustering of the principal components if it agrees better with the neighbourhoods.
 
     Parameters
@@ -497,6 +515,10 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     expression_max_cells
         Above this many cells the third space is searched on a seeded random
         subset of that many cells (neighbours among the subset).
+    chance_corrected_agreement
+        Score each space's agreement against chance (:func:`chance_corrected`,
+        with :func:`chance_agreement` of the cells that space counts), so that
+        a partition is not favoured for merging clusters.
     """
     if method not in FINAL_SELECTIONS:
         raise ValueError(f"Unknown final selection {method!r}; use one of {FINAL_SELECTIONS}.")
@@ -527,8 +549,13 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
     head_clusters = int(np.unique(head_labels).size)
     scores = {}
     for name, labels in (("head", head_labels), (reference_name, pca_labels)):
-        per_space = {space: neighbourhood_agreement(close, labels if cells is None else labels[cells])
-                     for space, (cells, close) in spaces.items()}
+        per_space = {}
+        for space, (cells, close) in spaces.items():
+            counted = labels if cells is None else labels[cells]
+            per_space[space] = neighbourhood_agreement(close, counted)
+            if chance_corrected_agreement:
+                scores[f"{name}_expected_on_{space}"] = expected = chance_agreement(counted)
+                per_space[space] = chance_corrected(per_space[space], expected)
         scores.update({f"{name}_on_{space}": value for space, value in per_space.items()})
         scores[name] = float(np.mean(list(per_space.values())))
     logger.info("final partition: neighbourhood agreement head %.4f (%d of %d clusters filled), %s on the "

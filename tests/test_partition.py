@@ -8,9 +8,9 @@ from scllm_jax.graph import knn_adjacency, knn_indices
 from scllm_jax.n_clusters import leiden_with_n_clusters
 from sklearn.metrics import adjusted_rand_score
 
-from scllm_jax.partition import (assign_by_neighbours, correlation_rows, final_partition, initial_partition,
-                                 merge_by_modularity, modularity, neighbourhood_agreement, separation, ward_labels,
-                                 weighted_ward)
+from scllm_jax.partition import (assign_by_neighbours, chance_agreement, chance_corrected, correlation_rows,
+                                 final_partition, initial_partition, merge_by_modularity, modularity,
+                                 neighbourhood_agreement, separation, ward_labels, weighted_ward)
 
 
 def planted_graph(sizes, p_in=0.5, p_out=0.01, seed=0):
@@ -211,6 +211,40 @@ def test_the_expression_space_outvotes_the_heads_home_advantage(monkeypatch, max
     assert three.scores["pca_ward_on_expression"] > three.scores["head_on_expression"]
     expected = np.mean([three.scores[f"head_on_{space}"] for space in ("pca", "embedding", "expression")])
     assert three.scores["head"] == pytest.approx(expected)
+
+
+def test_chance_agreement_and_its_correction_hand_case():
+    labels = np.array([0, 0, 0, 1])
+    assert chance_agreement(labels) == pytest.approx((3 / 4) ** 2 + (1 / 4) ** 2)
+    assert chance_corrected(0.9, 0.625) == pytest.approx((0.9 - 0.625) / 0.375)
+    assert chance_corrected(1.0, chance_agreement(np.zeros(5, np.int64))) == 0.0  # one cluster: no better than chance
+
+
+def test_chance_corrected_check_does_not_reward_merging_types():
+    """Four types in a touching chain and one apart. The reference merges the chain and spends the three freed
+    clusters on single stray cells of the separate type: it has no boundary inside the chain, so its raw agreement is
+    the higher and the raw check reports it; corrected for chance (its big cluster holds 80% of the cells, so random
+    labels of those sizes would agree 64% of the time), the check keeps the true types."""
+    import scllm_jax.partition as partition
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [5.0, 0.0], [10.0, 0.0], [15.0, 0.0], [0.0, 30.0]])
+    cells = np.vstack([rng.normal(c, 1.0, (60, 2)) for c in centres])
+    truth = np.repeat(np.arange(5), 60)
+    merged = np.where(truth < 4, 0, truth)
+    strays = np.argsort(-np.linalg.norm(cells - centres[4], axis=1) * (truth == 4))[:3]
+    merged[strays] = [1, 2, 3]
+    neighbours = knn_indices(cells, 10)
+    raw_scores = [neighbourhood_agreement(neighbours, labels) for labels in (truth, merged)]
+    assert raw_scores[1] > raw_scores[0] + 0.01
+    for chance, expected in ((False, "pca_ward"), (True, "head")):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(partition, "reference_labels", lambda *args, **kwargs: merged)
+            choice = final_partition(truth, cells, neighbours, cells, 5, method="neighbourhood", seed=0, n_init=1,
+                                     n_neighbors=10, chance_corrected_agreement=chance)
+        assert choice.chosen == expected
+    assert choice.scores["pca_ward_expected_on_pca"] == pytest.approx(chance_agreement(merged))
+    assert choice.scores["head_on_pca"] == pytest.approx(chance_corrected(raw_scores[0], 0.2))
 
 
 def test_weighted_ward_with_unit_weights_is_wards_linkage():
