@@ -63,6 +63,9 @@ SCLLM_METHODS: dict[str, dict] = {
     # The final check counting only the principal components and the clustering space (the default until
     # session 25; the correlation of the expression is now a third space, home to neither partition).
     "scllm_two_space_check": {"selection_expression_space": False},
+    # The final check on the raw agreement of the three spaces (the default in session 25; each space's agreement
+    # is now corrected for chance, which no longer favours a partition for merging clusters).
+    "scllm_raw_agreement_check": {"selection_chance_corrected": False},
     # The clustering phase's Adam at full rate from its first step (no warm-up over the first refresh).
     "scllm_no_warmup": {"cluster_warmup": False},
     "scllm_no_infonce": {"use_semantic": True, "use_infonce": False},
@@ -89,7 +92,8 @@ ABLATIONS = ("scllm_semantic", "scllm_graph_only", "scllm_with_path2", "scllm_no
 #: Ablations of the structural view and of the clustering phase: they run on every dataset
 #: (when ablations are on).
 STRUCTURAL_ABLATIONS = ("scllm_no_ncut", "scllm_dec_target", "scllm_select_init", "scllm_kmeans_reference",
-                        "scllm_ward_init", "scllm_no_warmup", "scllm_two_space_check")
+                        "scllm_ward_init", "scllm_no_warmup", "scllm_two_space_check",
+                        "scllm_raw_agreement_check")
 BASELINES = ("leiden_r1", "kmeans", "ward")
 ALL_METHODS = tuple(SCLLM_METHODS) + BASELINES
 #: Methods the chart shows (every method is in the .md table).

@@ -14,11 +14,12 @@ partition and Ward's clustering of the principal components, each with
   cluster's share.
 
 ``--summary`` then says which partition each criterion picks on every set and the mean
-ARI of what it would report: ``raw`` (the default, mean agreement over the two spaces),
+ARI of what it would report: ``raw`` (mean agreement over the two spaces, the default until session 25),
 ``kappa`` (each agreement chance-corrected, ``(a - e) / (1 - e)``), ``diff`` (``a - e``),
 ``pca_only``, ``kappa_pca``, ``diff_pca``, ``modularity``, and ``three_spaces`` (the mean
 agreement over the principal components, the clustering space and the expression's
-correlation) and ``kappa_three_spaces`` (the same three, each chance-corrected; rows
+correlation; the default of session 25) and ``kappa_three_spaces`` (the same three, each
+chance-corrected: the default since session 26; rows
 written before the expression's column existed leave both out); a head that left clusters
 empty is never picked, as in the default. ``oracle`` is the better of the two per set.
 

@@ -414,7 +414,7 @@ class ClusteringConfig:
     reference_clustering: Literal["ward", "kmeans"] = "ward"
     selection_neighbors: int = 10
     selection_expression_space: bool = True
-    selection_chance_corrected: bool = False
+    selection_chance_corrected: bool = True
 
     def __post_init__(self) -> None:
         problems: list[str] = []

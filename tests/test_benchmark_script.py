@@ -213,10 +213,10 @@ def test_selection_criteria_measures_both_partitions_and_summarises(criteria, da
         assert 0.25 <= shares <= 1.0 and float(rows[0][f"{name}_expected_agreement"]) <= shares + 1e-4
         assert -1.0 <= float(rows[0][f"{name}_ari"]) <= 1.0
         assert 0.0 <= float(rows[0][f"{name}_agreement_expression"]) <= 1.0
-    # The default's criterion (the three spaces' mean agreement) reproduces the fit's own choice.
+    # The default's criterion (the three spaces' chance-corrected agreement) reproduces the fit's own choice.
     head, ward = criteria.scores(rows[0], "head"), criteria.scores(rows[0], "ward")
     full = int(rows[0]["head_filled"]) == 4
-    assert (rows[0]["chosen"] == "head") == (full and head["three_spaces"] >= ward["three_spaces"])
+    assert (rows[0]["chosen"] == "head") == (full and head["kappa_three_spaces"] >= ward["kappa_three_spaces"])
     agreements = [float(rows[0][f"head_agreement_{space}"]) for space in ("pca", "space", "expression")]
     expected = float(rows[0]["head_expected_agreement"])
     assert head["three_spaces"] == pytest.approx(sum(agreements) / 3)
