@@ -62,7 +62,7 @@ SCLLM_METHODS: dict[str, dict] = {
     "scllm_kmeans_reference": {"reference_clustering": "kmeans"},
     # The final check counting only the principal components and the clustering space (the default until
     # session 25; the correlation of the expression is now a third space, home to neither partition).
-    "scllm_two_space_check": {"selection_expression_space": False},
+    "scllm_two_space_check": {"selection_expression_space": False, "selection_chance_corrected": False},
     # The final check on the raw agreement of the three spaces (the default in session 25; each space's agreement
     # is now corrected for chance, which no longer favours a partition for merging clusters).
     "scllm_raw_agreement_check": {"selection_chance_corrected": False},
