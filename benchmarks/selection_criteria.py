@@ -104,8 +104,11 @@ def scores(row: dict, name: str) -> dict[str, float]:
     expected = float(row[f"{name}_expected_agreement"])
     expression = row.get(f"{name}_agreement_expression")
 
+    from scllm_jax.partition import chance_corrected
+
     def kappa(value: float) -> float:
-        return (value - expected) / (1.0 - expected)
+        # The model's own correction, so that ``kappa_three_spaces`` is the default's rule exactly.
+        return chance_corrected(value, expected)
 
     three = {}
     if expression:
