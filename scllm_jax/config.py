@@ -404,6 +404,12 @@ class ClusteringConfig:
         sizes (the sum of the squared cluster shares), as Cohen's kappa
         does: the raw agreement rises as clusters merge (one cluster scores
         1), so it favours a partition with one big cluster.
+    consolidate_reference
+        Where the reference wins the final selection, also score it
+        consolidated by Lloyd's iterations (k-means started from its cluster
+        means) and report that if it scores higher: agglomerative merges are
+        greedy, and the iterations finish lowering the sum of squares both
+        minimise.
     """
 
     leiden_resolution: float = 1.0
@@ -415,6 +421,7 @@ class ClusteringConfig:
     selection_neighbors: int = 10
     selection_expression_space: bool = True
     selection_chance_corrected: bool = True
+    consolidate_reference: bool = True
 
     def __post_init__(self) -> None:
         problems: list[str] = []

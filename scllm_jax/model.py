@@ -173,7 +173,8 @@ class ScllmModel:
                                  reference=clustering.reference_clustering,
                                  exact_max_cells=config.graph.exact_knn_max_cells,
                                  expression=prepared.log_expression if clustering.selection_expression_space else None,
-                                 chance_corrected_agreement=clustering.selection_chance_corrected)
+                                 chance_corrected_agreement=clustering.selection_chance_corrected,
+                                 consolidate_reference=clustering.consolidate_reference)
         self.timings["selection"] = time.perf_counter() - start_selection
         logger.info("final partition: %s, in %.1f s", choice.chosen, self.timings["selection"])
         self.result.labels, self.selection_ = choice.labels, choice.summary()

@@ -207,7 +207,7 @@ def test_selection_criteria_measures_both_partitions_and_summarises(criteria, da
     assert criteria.main([str(path), "--out", str(out)]) == 0  # the row is there: not fitted again
     with out.open() as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    assert len(rows) == 1 and rows[0]["K"] == "4" and rows[0]["chosen"] in ("head", "pca_ward")
+    assert len(rows) == 1 and rows[0]["K"] == "4" and rows[0]["chosen"] in ("head", "pca_ward", "pca_ward_consolidated")
     for name in ("head", "ward"):
         shares = float(rows[0][f"{name}_largest_share"])
         assert 0.25 <= shares <= 1.0 and float(rows[0][f"{name}_expected_agreement"]) <= shares + 1e-4

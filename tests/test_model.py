@@ -44,12 +44,15 @@ def test_quality_floor_on_bundled_pancreas(baron_small, tmp_path):
     optimum = KMeans(4, n_init=100, random_state=0).fit_predict(model.prepared_.pca)
     reported = cluster_metrics(adata.obs["cell_type"], adata.obs["scllm"])["ARI"]
     assert reported >= cluster_metrics(adata.obs["cell_type"], optimum)["ARI"] - 0.02
-    # Here the reference clustering won the final selection: a saved model assigns cells by their nearest
-    # training cells' clusters on the PCA.
-    assert adata.uns["scllm"]["selection"]["chosen"] == "pca_ward"
+    # Here the reference clustering won the final selection, consolidated by Lloyd's iterations (which scored
+    # higher than Ward's partition as built): a saved model assigns cells by their nearest training cells' clusters
+    # on the PCA.
+    selection = adata.uns["scllm"]["selection"]
+    assert selection["chosen"] == "pca_ward_consolidated"
+    assert selection["neighbourhood_agreement_pca_ward_consolidated"] > selection["neighbourhood_agreement_pca_ward"]
     model.save(tmp_path / "model")
     loaded = sj.ScllmModel.load(tmp_path / "model")
-    assert loaded.selection_["chosen"] == "pca_ward"
+    assert loaded.selection_["chosen"] == "pca_ward_consolidated"
     # Training cells keep their clusters: each coincides with itself among the training cells.
     np.testing.assert_array_equal(loaded.predict(baron_small), model.labels_)
     # A model saved when the reference was k-means kept its centres instead of the training cells' clusters.

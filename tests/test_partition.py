@@ -247,6 +247,53 @@ def test_chance_corrected_check_does_not_reward_merging_types():
     assert choice.scores["head_on_pca"] == pytest.approx(chance_corrected(raw_scores[0], 0.2))
 
 
+def test_consolidated_labels_move_cells_to_the_nearest_centre():
+    from scllm_jax.partition import consolidated_labels
+
+    # Centres of [0 0 1 1 1 1] are 0.5 and 8.75; the cell at 2 lies nearer the first, and then the centres are 1 and 11.
+    line = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    assert list(consolidated_labels(line, np.array([0, 0, 1, 1, 1, 1]), 2)) == [0, 0, 0, 1, 1, 1]
+    # Above max_cells the iterations run on a subset, and every cell is assigned to its nearest centre.
+    rng = np.random.default_rng(0)
+    blobs = np.vstack([rng.normal(0.0, 1.0, (100, 3)), rng.normal(8.0, 1.0, (100, 3))])
+    truth = np.repeat([0, 1], 100)
+    start = truth.copy()
+    start[:10] = 1
+    labels = consolidated_labels(blobs, start, 2, max_cells=50, seed=1)
+    assert labels.shape == (200,) and adjusted_rand_score(truth, labels) == pytest.approx(1.0)
+
+
+def test_final_partition_reports_the_consolidated_reference_only_where_it_scores_higher():
+    """Two touching blobs. A head that cuts across both loses to the reference; the reference has ten cells on the
+    wrong side of its cut, which Lloyd's iterations move back, and the consolidated partition agrees better with the
+    neighbourhoods, so it is reported. A head that follows the valley wins and nothing is consolidated."""
+    import scllm_jax.partition as partition
+
+    rng = np.random.default_rng(0)
+    cells = np.vstack([rng.normal([0.0, 0.0], 1.0, (100, 2)), rng.normal([3.0, 0.0], 1.0, (100, 2))])
+    valley_cut = (cells[:, 0] > 1.5).astype(np.int64)
+    reference = valley_cut.copy()
+    reference[np.argsort(np.abs(cells[:, 0] - 1.5))[:10]] ^= 1
+    across = (cells[:, 1] > 0).astype(np.int64)
+    neighbours = knn_indices(cells, 10)
+    for head, expected in ((across, "pca_ward_consolidated"), (valley_cut, "head")):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(partition, "reference_labels", lambda *args, **kwargs: reference)
+            choice = final_partition(head, cells, neighbours, cells, 2, method="neighbourhood", seed=0, n_init=1,
+                                     n_neighbors=10, chance_corrected_agreement=True, consolidate_reference=True)
+        assert choice.chosen == expected
+        assert ("pca_ward_consolidated" in choice.scores) == (expected != "head")
+    assert choice.scores["head"] >= choice.scores["pca_ward"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(partition, "reference_labels", lambda *args, **kwargs: reference)
+        choice = final_partition(across, cells, neighbours, cells, 2, method="neighbourhood", seed=0, n_init=1,
+                                 n_neighbors=10, chance_corrected_agreement=True, consolidate_reference=True)
+    assert choice.scores["pca_ward_consolidated"] > choice.scores["pca_ward"] > choice.scores["head"]
+    centres = np.stack([cells[choice.labels == c].mean(0) for c in (0, 1)])
+    nearest = np.argmin(((cells[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    assert np.array_equal(choice.labels, nearest)  # a fixed point of Lloyd's iterations
+
+
 def test_weighted_ward_with_unit_weights_is_wards_linkage():
     from scipy.cluster.hierarchy import cut_tree, linkage
 
