@@ -77,6 +77,13 @@ EXPRESSION_SELECTION_MAX_CELLS = 10_000
 DEVICE_KMEANS_MIN_CELLS = 50_000
 
 
+def seeded_subset(n_rows: int, max_rows: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of ``max_rows`` of ``n_rows`` rows; ``None`` when all of them fit."""
+    if n_rows <= max_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_rows, max_rows, replace=False))
+
+
 def kmeans_labels(embedding: np.ndarray, n_clusters: int, *, seed: int, n_init: int,
                   max_cells: int = KMEANS_MAX_CELLS) -> np.ndarray:
     """k-means (``n_init`` restarts, lowest inertia kept) labels of every row of ``embedding``.
@@ -87,10 +94,8 @@ def kmeans_labels(embedding: np.ndarray, n_clusters: int, *, seed: int, n_init: 
     From :data:`DEVICE_KMEANS_MIN_CELLS` rows on an accelerator, the same
     algorithm runs there (:func:`~scllm_jax.device_kmeans.device_kmeans`).
     """
-    fit_rows = embedding
-    if embedding.shape[0] > max_cells:
-        rows = np.random.default_rng(seed).choice(embedding.shape[0], max_cells, replace=False)
-        fit_rows = embedding[np.sort(rows)]
+    rows = seeded_subset(embedding.shape[0], max_cells, seed)
+    fit_rows = embedding if rows is None else embedding[rows]
     if embedding.shape[0] >= DEVICE_KMEANS_MIN_CELLS and on_accelerator():
         # The same algorithm on the accelerator: restarts side by side, every cell assigned there.
         from .device_kmeans import device_kmeans, nearest_centres
@@ -130,11 +135,10 @@ def consolidated_labels(embedding: np.ndarray, labels: np.ndarray, n_clusters: i
 
     embedding = np.asarray(embedding, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    fit_rows = np.arange(embedding.shape[0])
-    if embedding.shape[0] > max_cells:
-        fit_rows = np.sort(np.random.default_rng(seed).choice(embedding.shape[0], max_cells, replace=False))
-    centres = cluster_means(embedding[fit_rows], labels[fit_rows], n_clusters).astype(np.float64)
-    kmeans = KMeans(n_clusters=n_clusters, init=centres, n_init=1).fit(embedding[fit_rows])
+    rows = seeded_subset(embedding.shape[0], max_cells, seed)
+    fit_rows, fit_labels = (embedding, labels) if rows is None else (embedding[rows], labels[rows])
+    centres = cluster_means(fit_rows, fit_labels, n_clusters).astype(np.float64)
+    kmeans = KMeans(n_clusters=n_clusters, init=centres, n_init=1).fit(fit_rows)
     return kmeans.predict(embedding).astype(np.int64)
 
 
@@ -584,10 +588,7 @@ def final_partition(head_labels: np.ndarray, principal_components: np.ndarray, n
               "embedding": (None, knn_indices(np.asarray(embedding, np.float32), n_neighbors,
                                               exact_max_cells=exact_max_cells, seed=seed))}
     if expression is not None:
-        n_cells = head_labels.size
-        subset = None
-        if n_cells > expression_max_cells:
-            subset = np.sort(np.random.default_rng(seed).choice(n_cells, expression_max_cells, replace=False))
+        subset = seeded_subset(head_labels.size, expression_max_cells, seed)
         rows = correlation_rows(expression if subset is None else expression[subset])
         spaces["expression"] = (subset, knn_indices(rows, n_neighbors, seed=seed))
     logger.info("reference clustering (%s) in %.1f s, neighbours in the %s in %.1f s", reference,
